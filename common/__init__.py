@@ -1,0 +1,1 @@
+"""Shared pieces of the TaylorSeer model trees: the Taylor feature cache, CLI flags, FLOPs, I/O."""
