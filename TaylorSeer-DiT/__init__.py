@@ -1,0 +1,1 @@
+"""TaylorSeer-DiT: class-conditional DiT sampling with TaylorSeer feature forecasting."""
