@@ -1,0 +1,47 @@
+"""Command-line flags shared by every tree's scripts; they map 1:1 onto :class:`TaylorSeerConfig`."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from .taylor_cache import TaylorSeerConfig
+
+__all__ = ["add_taylorseer_args", "taylorseer_config_from_args"]
+
+_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_taylorseer_args(
+    parser: argparse.ArgumentParser, *, interval: int, max_order: int, first_enhance: int
+) -> argparse._ArgumentGroup:
+    """Add --interval/--max-order/--first-enhance/--factor-dtype with a tree's reference defaults."""
+    group = parser.add_argument_group("TaylorSeer", "feature forecasting; --interval 1 is the uncached model")
+    group.add_argument(
+        "--interval", type=int, default=interval, help="N: one full step every N steps after the warm-up"
+    )
+    group.add_argument(
+        "--max-order", type=int, default=max_order, help="O: Taylor order of the forecast; 0 = reuse (FORA)"
+    )
+    group.add_argument("--first-enhance", type=int, default=first_enhance, help="E: warm-up steps that are always full")
+    group.add_argument(
+        "--factor-dtype",
+        choices=list(_DTYPES),
+        default="auto",
+        help="dtype of the stored Taylor factors; auto = the features' dtype (as the reference)",
+    )
+    return group
+
+
+def taylorseer_config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TaylorSeerConfig:
+    """The config for parsed flags; an invalid value exits through ``parser.error`` with the reason."""
+    try:
+        return TaylorSeerConfig(
+            interval=args.interval,
+            max_order=args.max_order,
+            first_enhance=args.first_enhance,
+            factor_dtype=_DTYPES[args.factor_dtype],
+        )
+    except (TypeError, ValueError) as err:
+        parser.error(f"invalid TaylorSeer setting: {err}")

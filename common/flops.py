@@ -1,0 +1,78 @@
+"""FLOPs accounting outside the model: per-step costs times the schedule's full/forecast counts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch.utils.flop_counter import FlopCounterMode
+
+from .taylor_cache import TaylorSeerConfig, full_step_indices
+
+__all__ = ["FlopsReport", "count_flops"]
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of the matrix products (linear, conv, bmm, attention) that ``fn()`` runs, counted as 2 x MACs.
+
+    Works on the meta device, so full-size models can be counted without weights or memory.
+    """
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@dataclass(frozen=True)
+class FlopsReport:
+    """Total FLOPs of a sampling run: ``full_step_flops`` per full step, ``forecast_step_flops`` per forecast."""
+
+    convention: str
+    full_step_flops: float
+    forecast_step_flops: float
+    num_steps: int
+    num_full_steps: int
+
+    @classmethod
+    def for_schedule(
+        cls,
+        convention: str,
+        full_step_flops: float,
+        forecast_step_flops: float,
+        num_steps: int,
+        config: TaylorSeerConfig,
+    ) -> FlopsReport:
+        return cls(
+            convention, full_step_flops, forecast_step_flops, num_steps, len(full_step_indices(num_steps, config))
+        )
+
+    @property
+    def num_forecast_steps(self) -> int:
+        return self.num_steps - self.num_full_steps
+
+    @property
+    def baseline_flops(self) -> float:
+        return self.num_steps * self.full_step_flops
+
+    @property
+    def flops(self) -> float:
+        return self.num_full_steps * self.full_step_flops + self.num_forecast_steps * self.forecast_step_flops
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline_flops / self.flops
+
+    def as_dict(self) -> dict:
+        return {
+            "convention": self.convention,
+            "full_tflops": self.baseline_flops / 1e12,
+            "tflops": self.flops / 1e12,
+            "speedup": self.speedup,
+            "full_steps": self.num_full_steps,
+            "forecast_steps": self.num_forecast_steps,
+            "full_step_tflops": self.full_step_flops / 1e12,
+            "forecast_step_tflops": self.forecast_step_flops / 1e12,
+        }
+
+    def json_line(self, **extra) -> str:
+        return json.dumps({**self.as_dict(), **extra})
