@@ -2,23 +2,12 @@
 
 import pytest
 import torch
+from dit_testing import tiny_dit
 
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
 from taylorseer_dit.diffusion import create_diffusion
 from taylorseer_dit.models import DiT, DiT_models
 from taylorseer_dit.pipeline import sample_dit
-
-
-def random_dit(depth: int = 2, seed: int = 0, **kwargs) -> DiT:
-    """A tiny DiT with every weight random (DiT's own init zeroes the adaLN gates, which would hide the blocks)."""
-    torch.manual_seed(seed)
-    model = DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=depth, num_heads=4, num_classes=10,
-                **kwargs)  # fmt: skip
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name != "pos_embed":
-                param.normal_(0, 0.2)
-    return model.eval()
 
 
 def test_presets_have_the_published_sizes():
@@ -34,7 +23,7 @@ def test_presets_have_the_published_sizes():
 @pytest.mark.parametrize("ddim", [True, False])
 @pytest.mark.parametrize("cfg_scale", [1.0, 4.0])
 def test_interval_one_equals_no_cache(ddim, cfg_scale):
-    model = random_dit()
+    model = tiny_dit()
     diffusion = create_diffusion("12")
     plain = sample_dit(model, diffusion, [1, 7], cfg_scale=cfg_scale, cache=None, ddim=ddim, seed=3)
     cache = TaylorCache(TaylorSeerConfig(interval=1, max_order=4, first_enhance=2))
@@ -44,7 +33,7 @@ def test_interval_one_equals_no_cache(ddim, cfg_scale):
 
 
 def test_same_seed_same_samples_and_cache_reset_between_runs():
-    model = random_dit()
+    model = tiny_dit()
     diffusion = create_diffusion("10")
     cache = TaylorCache(TaylorSeerConfig(interval=3, max_order=2, first_enhance=2))
     first = sample_dit(model, diffusion, [2, 3], cfg_scale=2.0, cache=cache, seed=5).samples
@@ -73,7 +62,7 @@ def record_block_outputs(model: DiT, x, t, y) -> list[dict[str, torch.Tensor]]:
 def test_forecast_step_uses_the_taylor_values_of_each_block():
     """Steps 0 and 1 full, step 3 forecast with O=1 (x = 2): every block's attention and MLP output must be replaced
     by f1 + 2 (f1 - f0), and everything else (gates, residuals, final layer) recomputed from the step-3 inputs."""
-    model = random_dit(depth=3)
+    model = tiny_dit(depth=3)
     y = torch.tensor([1, 4])
     inputs = {s: (torch.randn(2, 4, 8, 8), torch.tensor([900 - 100 * s] * 2)) for s in (0, 1, 3)}
     cache = TaylorCache(TaylorSeerConfig(interval=5, max_order=1, first_enhance=2))
@@ -101,7 +90,7 @@ def test_forecast_step_uses_the_taylor_values_of_each_block():
 
 @pytest.mark.parametrize("depth", [1, 3, 5])
 def test_cache_follows_model_depth(depth):
-    model = random_dit(depth=depth)
+    model = tiny_dit(depth=depth)
     cache = TaylorCache(TaylorSeerConfig(interval=2, max_order=1))
     sample_dit(model, create_diffusion("4"), [0], cfg_scale=1.0, cache=cache)
     assert len(cache) == 2 * depth
@@ -110,7 +99,7 @@ def test_cache_follows_model_depth(depth):
 
 def test_forecast_differs_from_reuse_and_is_closer_on_a_smooth_model():
     """On a model whose blocks change smoothly with t, order 1 tracks the full-compute samples better than FORA."""
-    model = random_dit()
+    model = tiny_dit()
     diffusion = create_diffusion("20")
     full = sample_dit(model, diffusion, [3], cfg_scale=1.0, seed=1).samples
     errors = {}
@@ -122,7 +111,7 @@ def test_forecast_differs_from_reuse_and_is_closer_on_a_smooth_model():
 
 
 def test_cfg_guides_the_first_three_channels_and_doubles_the_batch():
-    model = random_dit()
+    model = tiny_dit()
     x = torch.randn(1, 4, 8, 8).repeat(2, 1, 1, 1)
     t = torch.tensor([500, 500])
     y = torch.tensor([3, 10])  # label 10 is the null class
@@ -136,6 +125,6 @@ def test_cfg_guides_the_first_three_channels_and_doubles_the_batch():
 
 
 def test_sample_dit_rejects_bad_labels():
-    model = random_dit()
+    model = tiny_dit()
     with pytest.raises(ValueError, match=r"\[0, 9\]"):
         sample_dit(model, create_diffusion("2"), [10], cfg_scale=1.0)
