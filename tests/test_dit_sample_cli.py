@@ -1,0 +1,152 @@
+"""TaylorSeer-DiT/sample.py end to end: FLOPs figures of the paper, sampling from checkpoints, readable errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from dit_testing import tiny_dit, tiny_vae
+from PIL import Image
+
+from common.images import save_grid
+from common.taylor_cache import TaylorCache, TaylorSeerConfig
+from taylorseer_dit.checkpoints import load_dit
+from taylorseer_dit.diffusion import create_diffusion
+from taylorseer_dit.pipeline import decode_latents, sample_dit
+from taylorseer_dit.sample import build_parser, check_args, main
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "TaylorSeer-DiT" / "sample.py"
+PAPER_FLOPS = ["--model", "DiT-XL/2", "--image-size", "256", "--ddim-sample", "--num-sampling-steps", "50",
+               "--cfg-scale", "1.5", "--test-FLOPs"]  # fmt: skip
+
+
+def run_main(argv: list[str]) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return main(args, check_args(args, parser))
+
+
+def last_json_line(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    ("interval", "speedup", "full_steps"),
+    # The paper's DiT-XL/2 figures (2.77x, 3.57x, 4.53x) under the reference count; N=6 from reference-semantics §2.4.
+    [(3, 2.77, 18), (4, 3.56, 14), (5, 4.53, 11), (6, 4.98, 10)],
+)
+def test_flops_reproduce_the_paper(interval, speedup, full_steps, capsys):
+    run_main([*PAPER_FLOPS, "--interval", str(interval), "--max-order", "3"])
+    report = last_json_line(capsys.readouterr().out)
+    assert report["speedup"] == pytest.approx(speedup, abs=0.005)
+    assert (report["full_steps"], report["forecast_steps"]) == (full_steps, 50 - full_steps)
+    assert report["convention"] == "reference"
+    # 8 labels x CFG 2 = batch 16; the reference's 0.4747 TFLOPs per full step is for batch 2.
+    assert report["full_step_tflops"] == pytest.approx(8 * 0.4747, rel=1e-4)
+    assert report["full_tflops"] == pytest.approx(50 * report["full_step_tflops"])
+
+
+def test_flops_cli_prints_both_conventions_and_ends_with_json():
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *PAPER_FLOPS, "--interval", "5", "--class-labels", "1"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    report = last_json_line(result.stdout)
+    assert report["speedup"] == pytest.approx(4.53, abs=0.005)
+    assert report["matmul_speedup"] == pytest.approx(4.51, abs=0.005)
+    assert report["full_tflops"] == pytest.approx(50 * 0.4747, rel=1e-4)  # the paper's 23.74 TFLOPs baseline
+    assert "reference" in result.stdout and "matmul" in result.stdout
+
+
+@pytest.fixture
+def pixel_checkpoint(tmp_path) -> Path:
+    """A tiny pixel-space RGB DiT saved in the original checkpoint format (a plain state dict)."""
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny_dit(input_size=16, in_channels=3).state_dict(), path)
+    return path
+
+
+def pixel_argv(ckpt: Path, output: Path, *extra: str) -> list[str]:
+    return ["--model", "DiT-Tiny/2", "--vae", "none", "--image-size", "16", "--in-channels", "3",
+            "--num-classes", "10", "--ckpt", str(ckpt), "--ddim-sample", "--num-sampling-steps", "10",
+            "--class-labels", "1", "2", "3", "--output", str(output), "--device", "cpu", *extra]  # fmt: skip
+
+
+def test_sampling_from_an_original_format_checkpoint(pixel_checkpoint, tmp_path):
+    output = tmp_path / "out" / "grid.png"
+    summary = run_main(pixel_argv(pixel_checkpoint, output, "--interval", "3", "--max-order", "2", "--seed", "4"))
+    assert (summary["full_steps"], summary["forecast_steps"]) == (4, 6)  # full steps 0, 1, 4, 7
+
+    raw = np.load(summary["raw"])
+    assert raw.shape == (3, 3, 16, 16)
+    model = load_dit("DiT-Tiny/2", pixel_checkpoint, image_size=16, latent_scale=1, in_channels=3, num_classes=10)
+    cache = TaylorCache(TaylorSeerConfig(interval=3, max_order=2, first_enhance=2))
+    expected = sample_dit(model, create_diffusion("10"), [1, 2, 3], cfg_scale=1.5, cache=cache, seed=4).samples
+    np.testing.assert_array_equal(raw, expected.numpy())
+    # One row of three 16 px images with torchvision's 2 px padding.
+    assert Image.open(output).size == (3 * 18 + 2, 18 + 2)
+
+
+def test_script_runs_uncached_and_reports_steps(pixel_checkpoint, tmp_path):
+    output = tmp_path / "grid.png"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *pixel_argv(pixel_checkpoint, output, "--interval", "1")],
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+    )  # fmt: skip
+    summary = last_json_line(result.stdout)
+    assert (summary["full_steps"], summary["forecast_steps"]) == (10, 0)
+    assert "Total sampling took" in result.stdout
+    assert output.exists() and output.with_suffix(".npy").exists()
+
+
+def test_sampling_with_a_local_vae_folder(tmp_path):
+    """Latent-space DiT (4 channels) decoded by a VAE loaded from a local diffusers folder."""
+    model = tiny_dit(input_size=4)  # 32 px images / 8 = 4 latent pixels
+    ckpt = tmp_path / "latent.pt"
+    torch.save(model.state_dict(), ckpt)
+    vae = tiny_vae()
+    vae.save_pretrained(tmp_path / "vae")
+    output = tmp_path / "grid.png"
+    run_main(["--model", "DiT-Tiny/2", "--vae", "ema", "--vae-path", str(tmp_path / "vae"), "--image-size", "32",
+              "--num-classes", "10", "--ckpt", str(ckpt), "--num-sampling-steps", "6", "--class-labels", "0", "9",
+              "--output", str(output), "--interval", "2", "--device", "cpu"])  # fmt: skip
+    assert not output.with_suffix(".npy").exists()
+
+    cache = TaylorCache(TaylorSeerConfig(interval=2, max_order=4, first_enhance=2))
+    latents = sample_dit(model, create_diffusion("6"), [0, 9], cfg_scale=1.5, cache=cache, ddim=False).samples
+    expected = save_grid(decode_latents(vae, latents), tmp_path / "expected.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(output)), np.asarray(Image.open(expected)))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--interval", "0"], "interval must be >= 1"),
+        (["--max-order", "-1"], "max_order must be >= 0"),
+        (["--class-labels", "1000"], "outside [0, 999]"),
+        (["--cfg-scale", "0.5"], "--cfg-scale must be >= 1.0"),
+        (["--num-sampling-steps", "0"], "--num-sampling-steps must be >= 1"),
+        (["--model", "DiT-XL/8", "--image-size", "32"], "must be a multiple of 64"),
+        (["--image-size", "300"], "invalid choice"),
+    ],
+)
+def test_invalid_flags_exit_with_the_reason(argv, message, capsys):
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        check_args(parser.parse_args(argv), parser)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_checkpoint_is_one_readable_message(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--ddim-sample", "--num-sampling-steps", "5"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt" in result.stderr
+    assert "Traceback" not in result.stderr
