@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from common.checkpoint import CheckpointError, load_state_dict_checked, read_state_dict, require_path
+from taylorseer_dit.defaults import BUNDLED_MODEL, BUNDLED_WEIGHTS
 from taylorseer_dit.diffusers_format import load_diffusers_dit_folder
 from taylorseer_dit.models import DiT, DiT_models
 
@@ -46,7 +47,9 @@ VAE_REPO = "stabilityai/sd-vae-ft-{kind}"
 
 
 def find_dit_checkpoint(model_name: str, image_size: int, ckpt: str | Path | None) -> Path:
-    """The checkpoint to load: ``ckpt`` if given (it must exist), else the published default for DiT-XL/2.
+    """The checkpoint to load: ``ckpt`` if given (it must exist), else the bundled or the published default.
+
+    The bundled model (``DiT-XS/4`` at 16x16, trained here on the digits) ships its weights in the repository.
 
     The default is ``$TAYLORSEER_DIT_CKPT_DIR/DiT-XL-2-{s}x{s}.pt`` (directory ``pretrained_models`` when the
     variable is unset), for image sizes 256 and 512, the only published weights. Nothing is downloaded: a missing
@@ -56,6 +59,13 @@ def find_dit_checkpoint(model_name: str, image_size: int, ckpt: str | Path | Non
     if ckpt is not None:
         return require_path(
             ckpt, f"{model_name} checkpoint", "Pass an existing .pt/.safetensors file or diffusers folder to --ckpt."
+        )
+    if model_name == BUNDLED_MODEL and image_size == 16:
+        return require_path(
+            BUNDLED_WEIGHTS,
+            "Bundled DiT-XS/4 digits weights",
+            "They are part of the repository (git checkout the file), or rebuild them with the command in "
+            f"{BUNDLED_WEIGHTS.with_suffix('.json').name}.",
         )
     if model_name != PUBLISHED_MODEL or image_size not in PUBLISHED_SIZES:
         raise CheckpointError(

@@ -287,7 +287,8 @@ def _preset(depth: int, hidden_size: int, num_heads: int, patch_size: int):
     return build
 
 
-_SIZES = {"XL": (28, 1152, 16), "L": (24, 1024, 16), "B": (12, 768, 12), "S": (12, 384, 6)}
+# The published sizes, plus XS for the small model trained and shipped here (TaylorSeer-DiT/assets).
+_SIZES = {"XL": (28, 1152, 16), "L": (24, 1024, 16), "B": (12, 768, 12), "S": (12, 384, 6), "XS": (6, 128, 4)}
 
 # Name -> constructor taking DiT's remaining keyword arguments (input_size, in_channels, num_classes, ...).
 DiT_models = {

@@ -1,9 +1,13 @@
 """Sample class-conditional images from a DiT with TaylorSeer feature forecasting.
 
-    python TaylorSeer-DiT/sample.py --ddim-sample --num-sampling-steps 50 --interval 5 --max-order 3
-    python TaylorSeer-DiT/sample.py --ddim-sample --num-sampling-steps 50 --interval 5 --test-FLOPs   # no weights
+    python TaylorSeer-DiT/sample.py                       # bundled digits model: full vs FORA vs TaylorSeer
+    python TaylorSeer-DiT/sample.py --model DiT-XL/2 --ddim-sample --num-sampling-steps 50 --interval 5 --max-order 3
+    python TaylorSeer-DiT/sample.py --model DiT-XL/2 --ddim-sample --num-sampling-steps 50 --interval 5 --test-FLOPs
 
-Flags follow the TaylorSeer reference (and upstream DiT); ``--interval 1`` is the uncached model.
+Flags follow the TaylorSeer reference (and upstream DiT); ``--interval 1`` is the uncached model. Sampling flags
+left unset take the chosen model's defaults (upstream DiT's for DiT-XL/2, see defaults.py). By default the same
+seeds are sampled with full compute, FORA (order 0) and TaylorSeer, one grid row each; ``--no-compare`` runs only
+the configured method.
 """
 
 from __future__ import annotations
@@ -11,99 +15,76 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from common.checkpoint import CheckpointError
-from common.cli import add_taylorseer_args, taylorseer_config_from_args
-from common.images import save_grid
+from common.flops import FlopsReport
+from common.images import save_grid, save_labeled_rows
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
-from taylorseer_dit.checkpoints import load_dit, load_vae
 from taylorseer_dit.diffusion import create_diffusion
-from taylorseer_dit.flops import dit_flops_reports
-from taylorseer_dit.models import DiT_models
+from taylorseer_dit.flops import dit_flops_reports, reference_step_flops
+from taylorseer_dit.models import DiT, DiT_models
 from taylorseer_dit.pipeline import decode_latents, sample_dit
+from taylorseer_dit.sampling_args import (
+    HelpFormatter,
+    add_model_args,
+    check_model_args,
+    latent_scale,
+    load_model_and_vae,
+)
 
-IMAGE_SIZES = (16, 32, 64, 128, 256, 512)
-VAE_DOWNSAMPLE = 8
-# Upstream DiT's sample.py labels: retriever, otter, red panda, geyser, arctic wolf, volcano, balloon, arctic fox.
-DEFAULT_LABELS = [207, 360, 387, 974, 88, 979, 417, 279]
+FULL = TaylorSeerConfig(interval=1)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", choices=list(DiT_models), default="DiT-XL/2", help="DiT preset")
-    parser.add_argument(
-        "--vae",
-        choices=["ema", "mse", "none"],
-        default="mse",
-        help="sd-vae-ft-{ema,mse} decoder; none = the model works in pixel space and its output is the image",
-    )
-    parser.add_argument(
-        "--vae-path",
-        default=None,
-        help="local diffusers folder of the VAE; default $TAYLORSEER_VAE_DIR/sd-vae-ft-KIND, else "
-        "pretrained_models/sd-vae-ft-KIND",
-    )
-    parser.add_argument("--image-size", type=int, choices=IMAGE_SIZES, default=256, help="output image size")
-    parser.add_argument("--in-channels", type=int, default=4, help="model input channels (4 = SD latents, 3 = RGB)")
-    parser.add_argument("--num-classes", type=int, default=1000, help="number of classes the model was trained on")
-    parser.add_argument("--class-labels", type=int, nargs="+", default=DEFAULT_LABELS, help="one image per label")
-    parser.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance scale (1 = off)")
-    parser.add_argument("--num-sampling-steps", type=int, default=250, help="respaced diffusion steps")
-    parser.add_argument("--ddim-sample", action="store_true", help="DDIM (eta 0) instead of DDPM ancestral sampling")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_model_args(parser)
+    parser.add_argument("--class-labels", type=int, nargs="+", help="one image per label; None = the model's default")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (and DDPM noise)")
     parser.add_argument(
-        "--ckpt",
-        default=None,
-        help="DiT checkpoint: original .pt, train.py checkpoint (uses 'ema'), .safetensors or a diffusers folder; "
-        "default for DiT-XL/2: $TAYLORSEER_DIT_CKPT_DIR or pretrained_models/DiT-XL-2-{size}x{size}.pt",
+        "--compare",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sample full compute, FORA and TaylorSeer on the same seeds; --no-compare: only TaylorSeer",
     )
-    parser.add_argument("--output", default="sample.png", help="PNG grid path (the .npy goes next to it)")
+    parser.add_argument("--output", default="sample.png", help="PNG grid path; .npy files go next to it")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument(
         "--test-FLOPs",
         action="store_true",
         help="print baseline and accelerated FLOPs for these settings and exit (needs no weights)",
     )
-    add_taylorseer_args(parser, interval=4, max_order=4, first_enhance=2)
     return parser
 
 
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TaylorSeerConfig:
-    config = taylorseer_config_from_args(args, parser)
-    if args.num_sampling_steps < 1:
-        parser.error(f"--num-sampling-steps must be >= 1, got {args.num_sampling_steps}")
-    if args.cfg_scale < 1.0:
-        parser.error(f"--cfg-scale must be >= 1.0 (1.0 disables guidance), got {args.cfg_scale}")
-    if args.num_classes < 1 or args.in_channels < 1:
-        parser.error("--num-classes and --in-channels must be >= 1")
+    """Fill the model's defaults into unset flags, validate everything, and return the TaylorSeer config."""
+    config = check_model_args(args, parser)
     bad = [label for label in args.class_labels if not 0 <= label < args.num_classes]
     if bad:
         parser.error(f"--class-labels {bad} are outside [0, {args.num_classes - 1}]")
-    patch = int(args.model.rsplit("/", 1)[1])
-    scale = latent_scale(args)
-    if args.image_size % (scale * patch):
-        parser.error(
-            f"--image-size {args.image_size} must be a multiple of {scale * patch} for {args.model}"
-            + (f" with a VAE (downsampling {scale} x patch size {patch})" if scale > 1 else "")
-        )
     return config
 
 
-def latent_scale(args: argparse.Namespace) -> int:
-    return 1 if args.vae == "none" else VAE_DOWNSAMPLE
+def meta_model(args: argparse.Namespace) -> DiT:
+    """The model without weights, for counting FLOPs."""
+    with torch.device("meta"):
+        return DiT_models[args.model](
+            input_size=args.image_size // latent_scale(args), in_channels=args.in_channels, num_classes=args.num_classes
+        )
+
+
+def cfg_batch(args: argparse.Namespace) -> int:
+    return len(args.class_labels) * (2 if args.cfg_scale > 1.0 else 1)
 
 
 def print_flops(args: argparse.Namespace, config: TaylorSeerConfig) -> None:
     """FLOPs of this run computed on the meta device: no weights, no memory."""
-    with torch.device("meta"):
-        model = DiT_models[args.model](
-            input_size=args.image_size // latent_scale(args), in_channels=args.in_channels, num_classes=args.num_classes
-        )
-    batch = len(args.class_labels) * (2 if args.cfg_scale > 1.0 else 1)
-    reports = dit_flops_reports(model, batch, args.num_sampling_steps, config)
+    batch = cfg_batch(args)
+    reports = dit_flops_reports(meta_model(args), batch, args.num_sampling_steps, config)
     print(
         f"{args.model}, {args.image_size}x{args.image_size}, {args.num_sampling_steps} steps, batch {batch} "
         f"(CFG-doubled: {args.cfg_scale > 1.0}), N={config.interval} O={config.max_order} E={config.first_enhance}"
@@ -129,52 +110,105 @@ def print_flops(args: argparse.Namespace, config: TaylorSeerConfig) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config: TaylorSeerConfig | None
+    """None = the plain model with no cache."""
+
+
+def methods_to_run(args: argparse.Namespace, config: TaylorSeerConfig) -> list[Method]:
+    taylorseer = Method(f"TaylorSeer N={config.interval} O={config.max_order}", config)
+    if not args.compare:
+        return [taylorseer]
+    fora = TaylorSeerConfig(config.interval, 0, config.first_enhance, config.factor_dtype)
+    methods = [Method("full compute", None), Method(f"FORA N={config.interval}", fora)]
+    return methods + ([taylorseer] if config.max_order > 0 else [])
+
+
 def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
     if args.test_FLOPs:
         print_flops(args, config)
         return {}
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
-    model = load_dit(
-        args.model,
-        args.ckpt,
-        image_size=args.image_size,
-        latent_scale=latent_scale(args),
-        in_channels=args.in_channels,
-        num_classes=args.num_classes,
-        device=device,
-    )
-    # Load the decoder before sampling, so that a missing VAE is reported before minutes of compute.
-    vae = None if args.vae == "none" else load_vae(args.vae, args.vae_path, device)
+    model, vae = load_model_and_vae(args, device)
     diffusion = create_diffusion(str(args.num_sampling_steps))
-    cache = None if config.is_uncached else TaylorCache(config)
-    result = sample_dit(
-        model,
-        diffusion,
-        args.class_labels,
-        cfg_scale=args.cfg_scale,
-        cache=cache,
-        ddim=args.ddim_sample,
-        seed=args.seed,
-        progress=True,
-    )
-    images = result.samples if vae is None else decode_latents(vae, result.samples)
-    output = save_grid(images, args.output)
-    summary = {
-        "grid": str(output),
-        "seconds": result.seconds,
-        "full_steps": result.num_full_steps,
-        "forecast_steps": result.num_forecast_steps,
-    }
+    methods = methods_to_run(args, config)
+    if len(methods) > 1:
+        # One short untimed run first, so that one-time start-up costs are not billed to the first method.
+        sample_dit(model, create_diffusion("2"), args.class_labels[:1], cfg_scale=args.cfg_scale, ddim=True)
+
+    step_flops = reference_step_flops(meta_model(args), cfg_batch(args))
+    results, rows = [], {}
+    for method in methods:
+        cache = None if method.config is None or method.config.is_uncached else TaylorCache(method.config)
+        result = sample_dit(
+            model,
+            diffusion,
+            args.class_labels,
+            cfg_scale=args.cfg_scale,
+            cache=cache,
+            ddim=args.ddim_sample,
+            seed=args.seed,
+            progress=True,
+        )
+        rows[method.name] = result.samples if vae is None else decode_latents(vae, result.samples)
+        results.append((method, result))
+
+    reference = results[0][1]
+    summary = {"methods": []}
+    for method, result in results:
+        flops = FlopsReport.for_schedule("reference", *step_flops, args.num_sampling_steps, method.config or FULL)
+        entry = {
+            "method": method.name,
+            "seconds": result.seconds,
+            "full_steps": result.num_full_steps,
+            "forecast_steps": result.num_forecast_steps,
+            "flops_speedup": flops.speedup,
+            "wall_speedup": reference.seconds / result.seconds if len(results) > 1 else None,
+            "rel_l2_vs_full": _relative_error(result.samples, reference.samples) if args.compare else None,
+        }
+        summary["methods"].append(entry)
+    if args.compare:
+        output = save_labeled_rows(rows, args.output)
+    else:
+        output = save_grid(next(iter(rows.values())), args.output)
+    summary["grid"] = str(output)
     if vae is None:
-        raw = output.with_suffix(".npy")
-        np.save(raw, result.samples.float().cpu().numpy())
-        summary["raw"] = str(raw)
-    print(f"Total sampling took {result.seconds:.2f} seconds")
-    print(f"full steps: {result.num_full_steps}, forecast steps: {result.num_forecast_steps}")
-    print(f"saved {output}" + (f" and {summary['raw']}" if "raw" in summary else ""))
+        summary["raw"] = _save_raw(results, output)
+    _print_table(summary)
+    print(f"saved {output}" + (f" and {', '.join(summary['raw'])}" if vae is None else ""))
     print(json.dumps(summary))
     return summary
+
+
+def _relative_error(samples: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((samples - reference).norm() / reference.norm()).item()
+
+
+def _save_raw(results, output) -> list[str]:
+    """The raw model-space samples (pixel models: the images themselves) as .npy, one file per method."""
+    paths = []
+    for method, result in results:
+        suffix = "" if len(results) == 1 else "-" + method.name.split()[0].lower()
+        path = output.with_name(output.stem + suffix + ".npy")
+        np.save(path, result.samples.float().cpu().numpy())
+        paths.append(str(path))
+    return paths
+
+
+def _print_table(summary: dict) -> None:
+    print(f"{'method':<24} {'full':>5} {'forecast':>9} {'FLOPs speedup':>14} {'seconds':>8} {'wall speedup':>13} "
+          f"{'rel. L2 vs full':>16}")  # fmt: skip
+    for m in summary["methods"]:
+        wall = "" if m["wall_speedup"] is None else f"{m['wall_speedup']:.2f}x"
+        error = "" if m["rel_l2_vs_full"] is None else f"{m['rel_l2_vs_full']:.4f}"
+        print(
+            f"{m['method']:<24} {m['full_steps']:>5} {m['forecast_steps']:>9} {m['flops_speedup']:>13.2f}x "
+            f"{m['seconds']:>8.2f} {wall:>13} {error:>16}"
+        )
+    print("Total sampling took " + ", ".join(f"{m['seconds']:.2f}" for m in summary["methods"]) + " seconds")
 
 
 if __name__ == "__main__":

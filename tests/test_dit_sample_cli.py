@@ -73,15 +73,18 @@ def pixel_checkpoint(tmp_path) -> Path:
 def pixel_argv(ckpt: Path, output: Path, *extra: str) -> list[str]:
     return ["--model", "DiT-Tiny/2", "--vae", "none", "--image-size", "16", "--in-channels", "3",
             "--num-classes", "10", "--ckpt", str(ckpt), "--ddim-sample", "--num-sampling-steps", "10",
-            "--class-labels", "1", "2", "3", "--output", str(output), "--device", "cpu", *extra]  # fmt: skip
+            "--class-labels", "1", "2", "3", "--output", str(output), "--device", "cpu", "--no-compare",
+            *extra]  # fmt: skip
 
 
 def test_sampling_from_an_original_format_checkpoint(pixel_checkpoint, tmp_path):
     output = tmp_path / "out" / "grid.png"
     summary = run_main(pixel_argv(pixel_checkpoint, output, "--interval", "3", "--max-order", "2", "--seed", "4"))
-    assert (summary["full_steps"], summary["forecast_steps"]) == (4, 6)  # full steps 0, 1, 4, 7
+    (method,) = summary["methods"]
+    assert (method["full_steps"], method["forecast_steps"]) == (4, 6)  # full steps 0, 1, 4, 7
 
-    raw = np.load(summary["raw"])
+    (raw_path,) = summary["raw"]
+    raw = np.load(raw_path)
     assert raw.shape == (3, 3, 16, 16)
     model = load_dit("DiT-Tiny/2", pixel_checkpoint, image_size=16, latent_scale=1, in_channels=3, num_classes=10)
     cache = TaylorCache(TaylorSeerConfig(interval=3, max_order=2, first_enhance=2))
@@ -91,14 +94,38 @@ def test_sampling_from_an_original_format_checkpoint(pixel_checkpoint, tmp_path)
     assert Image.open(output).size == (3 * 18 + 2, 18 + 2)
 
 
+def test_compare_mode_samples_full_fora_and_taylorseer_on_the_same_seeds(pixel_checkpoint, tmp_path):
+    output = tmp_path / "compare.png"
+    argv = [
+        a for a in pixel_argv(pixel_checkpoint, output, "--interval", "3", "--max-order", "2") if a != "--no-compare"
+    ]
+    summary = run_main(argv)
+    names = [m["method"] for m in summary["methods"]]
+    assert names == ["full compute", "FORA N=3", "TaylorSeer N=3 O=2"]
+    full, fora, taylor = summary["methods"]
+    assert (full["full_steps"], fora["full_steps"], taylor["full_steps"]) == (10, 4, 4)
+    assert full["rel_l2_vs_full"] == 0.0 and full["flops_speedup"] == 1.0
+    assert fora["flops_speedup"] == taylor["flops_speedup"] > 2.0  # 10 steps / 4 full, less the forecast cost
+    arrays = {Path(p).stem: np.load(p) for p in summary["raw"]}
+    assert set(arrays) == {"compare-full", "compare-fora", "compare-taylorseer"}
+    model = load_dit("DiT-Tiny/2", pixel_checkpoint, image_size=16, latent_scale=1, in_channels=3, num_classes=10)
+    plain = sample_dit(model, create_diffusion("10"), [1, 2, 3], cfg_scale=1.5, seed=0).samples.numpy()
+    np.testing.assert_array_equal(arrays["compare-full"], plain)
+    for name, entry in (("compare-fora", fora), ("compare-taylorseer", taylor)):
+        error = np.linalg.norm(arrays[name] - plain) / np.linalg.norm(plain)
+        assert entry["rel_l2_vs_full"] == pytest.approx(error, rel=1e-5) and error > 0
+    rows = Image.open(output)
+    assert rows.height == 3 * (64 + 4)  # three rows of 16 px images enlarged to 64 px, 2 px padding each side
+
+
 def test_script_runs_uncached_and_reports_steps(pixel_checkpoint, tmp_path):
     output = tmp_path / "grid.png"
     result = subprocess.run(
         [sys.executable, str(SCRIPT), *pixel_argv(pixel_checkpoint, output, "--interval", "1")],
         capture_output=True, text=True, check=True, cwd=tmp_path,
     )  # fmt: skip
-    summary = last_json_line(result.stdout)
-    assert (summary["full_steps"], summary["forecast_steps"]) == (10, 0)
+    (method,) = last_json_line(result.stdout)["methods"]
+    assert (method["full_steps"], method["forecast_steps"]) == (10, 0)
     assert "Total sampling took" in result.stdout
     assert output.exists() and output.with_suffix(".npy").exists()
 
@@ -113,7 +140,7 @@ def test_sampling_with_a_local_vae_folder(tmp_path):
     output = tmp_path / "grid.png"
     run_main(["--model", "DiT-Tiny/2", "--vae", "ema", "--vae-path", str(tmp_path / "vae"), "--image-size", "32",
               "--num-classes", "10", "--ckpt", str(ckpt), "--num-sampling-steps", "6", "--class-labels", "0", "9",
-              "--output", str(output), "--interval", "2", "--device", "cpu"])  # fmt: skip
+              "--output", str(output), "--interval", "2", "--device", "cpu", "--no-compare"])  # fmt: skip
     assert not output.with_suffix(".npy").exists()
 
     cache = TaylorCache(TaylorSeerConfig(interval=2, max_order=4, first_enhance=2))
@@ -127,11 +154,13 @@ def test_sampling_with_a_local_vae_folder(tmp_path):
     [
         (["--interval", "0"], "interval must be >= 1"),
         (["--max-order", "-1"], "max_order must be >= 0"),
-        (["--class-labels", "1000"], "outside [0, 999]"),
+        (["--model", "DiT-XL/2", "--class-labels", "1000"], "outside [0, 999]"),
+        (["--class-labels", "10"], "outside [0, 9]"),  # the bundled digits model has 10 classes
         (["--cfg-scale", "0.5"], "--cfg-scale must be >= 1.0"),
         (["--num-sampling-steps", "0"], "--num-sampling-steps must be >= 1"),
-        (["--model", "DiT-XL/8", "--image-size", "32"], "must be a multiple of 64"),
-        (["--image-size", "300"], "invalid choice"),
+        (["--model", "DiT-XL/8", "--image-size", "32"], "must be a positive multiple of 64"),
+        (["--image-size", "2048"], "up to 1024"),
+        (["--image-size", "18"], "must be a positive multiple of 4"),
     ],
 )
 def test_invalid_flags_exit_with_the_reason(argv, message, capsys):
@@ -144,7 +173,7 @@ def test_invalid_flags_exit_with_the_reason(argv, message, capsys):
 
 def test_missing_checkpoint_is_one_readable_message(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--ddim-sample", "--num-sampling-steps", "5"],
+        [sys.executable, str(SCRIPT), "--model", "DiT-XL/2", "--ddim-sample", "--num-sampling-steps", "5"],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 1
