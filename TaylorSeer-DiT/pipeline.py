@@ -54,11 +54,15 @@ def sample_dit(
     seed: int = 0,
     noise: torch.Tensor | None = None,
     progress: bool = False,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> SamplingResult:
     """Sample one image per label. The same seed, labels and settings give the same samples.
 
     ``noise`` overrides the seeded initial noise (shape (n, C, H, W)); the seed still drives DDPM's per-step noise.
-    With ``cfg_scale > 1`` the batch is doubled with null labels and guided as upstream DiT does.
+    ``generator`` overrides the seeded generator for the per-step noise only: one generator on the model's device, or a
+    list of one generator per label (on any device), so that every sample's noise is its own whatever the batch.
+    With ``cfg_scale > 1`` the batch is doubled with null labels and guided as upstream DiT does; a list of generators
+    is doubled with it, so row i and its null-label copy n + i both draw from generator i.
     """
     device = next(model.parameters()).device
     num_classes = model.y_embedder.num_classes
@@ -68,19 +72,28 @@ def sample_dit(
     if bool(((labels < 0) | (labels >= num_classes)).any()):
         raise ValueError(f"class labels must be in [0, {num_classes - 1}], got {labels.tolist()}")
 
-    generator = torch.Generator(device=device).manual_seed(seed)
+    seeded = torch.Generator(device=device).manual_seed(seed)
     shape = (len(labels), model.in_channels, model.input_size, model.input_size)
     if noise is None:
-        noise = torch.randn(shape, generator=generator, device=device)
+        noise = torch.randn(shape, generator=seeded, device=device)
     elif tuple(noise.shape) != shape:
         raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
     noise = noise.to(device)
+    per_row = generator is not None and not isinstance(generator, torch.Generator)
+    if generator is None:
+        generator = seeded
+    elif per_row and len(generator) != len(labels):
+        raise ValueError(
+            f"generator must be one torch.Generator or one per label, got {len(generator)} for {len(labels)}"
+        )
 
     use_cfg = cfg_scale > 1.0
     if use_cfg:
         if model.y_embedder.dropout_prob <= 0:
             raise ValueError("cfg_scale > 1 needs a model trained with label dropout (it has no null class)")
         noise = torch.cat([noise, noise], dim=0)
+        if per_row:
+            generator = list(generator) + list(generator)
         labels = torch.cat([labels, torch.full_like(labels, num_classes)], dim=0)
         model_fn, model_kwargs = model.forward_with_cfg, {"y": labels, "cfg_scale": cfg_scale}
     else:

@@ -234,6 +234,26 @@ def test_generator_determinism():
     assert not torch.equal(firsts[0]["sample"], firsts[2]["sample"])
 
 
+@pytest.mark.parametrize(("loop", "kwargs"), [("p_sample_loop", {}), ("ddim_sample_loop", {"eta": 1.0})])
+def test_generator_per_row_matches_sampling_each_row_alone(loop, kwargs):
+    diffusion = create_diffusion("10")
+
+    def model(x, t):
+        return torch.cat([0.5 * x, torch.zeros_like(x)], dim=1)
+
+    def run(shape, generator):
+        return getattr(diffusion, loop)(model, shape, clip_denoised=False, generator=generator, **kwargs)
+
+    seeds = [11, 12, 13]
+    batch = run((len(seeds), *SHAPE[1:]), [torch.Generator().manual_seed(seed) for seed in seeds])
+    for row, seed in enumerate(seeds):
+        alone = run((1, *SHAPE[1:]), torch.Generator().manual_seed(seed))
+        assert torch.equal(batch[row : row + 1], alone)
+    assert not torch.equal(batch[0], batch[1])
+    with pytest.raises(ValueError, match="one per batch row"):
+        run((2, *SHAPE[1:]), [torch.Generator().manual_seed(0)])
+
+
 def test_global_rng_matches_explicit_noise():
     diffusion = create_diffusion("10")
     model = OracleModel(_x0(), learn_sigma=True)

@@ -21,6 +21,9 @@ ModelFn = Callable[..., Any]
 
 StepHook = Callable[[int], None]
 
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""Source of a loop's random draws: one generator for the whole batch, one per batch row, or None (global RNG)."""
+
 
 class ModelMeanType(enum.Enum):
     """What the network predicts for the mean."""
@@ -63,10 +66,26 @@ def _extract_into_tensor(arr: np.ndarray, timesteps: torch.Tensor, broadcast_sha
     return res + torch.zeros(broadcast_shape, device=timesteps.device)
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _randn(
+    shape: Sequence[int], generator: Generators, device: torch.device | str, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Standard normal noise of ``shape``; with a list of generators, row ``i`` comes from ``generator[i]`` alone.
+
+    Each row is drawn on its generator's own device and then moved to ``device`` (as diffusers' ``randn_tensor``), so a
+    row's noise is the same whatever else is in the batch: what it would be if its sample were drawn on its own.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(*shape, generator=generator, device=device, dtype=dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per batch row")
+    rows = [torch.randn(*shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]
+    return torch.stack(rows).to(device)
+
+
+def _randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
     if generator is None:
         return torch.randn_like(x)
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return _randn(x.shape, generator, x.device, x.dtype)
 
 
 def _nonzero_mask(t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -304,7 +323,7 @@ class GaussianDiffusion:
         cond_fn: ModelFn | None = None,
         model_kwargs: dict[str, Any] | None = None,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> dict[str, torch.Tensor]:
         """Sample x_{t-1} from the model at step t; returns ``sample`` and ``pred_xstart``."""
         out = self.p_mean_variance(
@@ -329,7 +348,7 @@ class GaussianDiffusion:
         device: torch.device | str | None = None,
         progress: bool = False,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         on_step_begin: StepHook | None = None,
     ) -> torch.Tensor:
         """Run DDPM ancestral sampling from x_T to x_0 and return the final sample.
@@ -365,7 +384,7 @@ class GaussianDiffusion:
         device: torch.device | str | None = None,
         progress: bool = False,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         on_step_begin: StepHook | None = None,
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Yield the ``p_sample`` output of every DDPM step, noisiest first.
@@ -379,7 +398,10 @@ class GaussianDiffusion:
             cond_fn: optional classifier-guidance gradient ``cond_fn(x, t, **model_kwargs)``.
             device: sampling device; defaults to the model's parameters' device, then the noise's, then CPU.
             progress: show a tqdm progress bar over the steps.
-            generator: source of every random draw in the loop (must live on ``device``); None uses the global RNG.
+            generator: source of every random draw in the loop: one generator on ``device`` for the whole batch, or
+                a list of one generator per batch row (on any device; row ``i`` draws from ``generator[i]`` only and
+                is moved to ``device``), which makes every sample independent of the batch it is drawn in; None uses
+                the global RNG.
             on_step_begin: generic hook called as ``on_step_begin(step)`` at the start of each sampler step,
                 before the model call, where ``step`` counts 0..num_timesteps-1 in sampling order. Samplers use it
                 to tell stateful models which step comes next.
@@ -410,13 +432,13 @@ class GaussianDiffusion:
         device: torch.device | str | None,
         progress: bool,
         *,
-        generator: torch.Generator | None,
+        generator: Generators,
         on_step_begin: StepHook | None,
     ) -> Iterator[dict[str, torch.Tensor]]:
         if not isinstance(shape, (tuple, list, torch.Size)):
             raise TypeError("shape must be a tuple or list")
         device = _resolve_device(model, noise, device)
-        img = noise if noise is not None else torch.randn(*shape, device=device, generator=generator)
+        img = noise if noise is not None else _randn(shape, generator, device)
         indices = list(range(self.num_timesteps))[::-1]
         if progress:
             from tqdm.auto import tqdm
@@ -444,7 +466,7 @@ class GaussianDiffusion:
         model_kwargs: dict[str, Any] | None = None,
         eta: float = 0.0,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> dict[str, torch.Tensor]:
         """Sample x_{t-1} with DDIM (eta=0 is deterministic, eta=1 matches DDPM's variance)."""
         out = self.p_mean_variance(
@@ -477,7 +499,7 @@ class GaussianDiffusion:
         progress: bool = False,
         eta: float = 0.0,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         on_step_begin: StepHook | None = None,
     ) -> torch.Tensor:
         """Run DDIM sampling from x_T to x_0 and return the final sample.
@@ -515,7 +537,7 @@ class GaussianDiffusion:
         progress: bool = False,
         eta: float = 0.0,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         on_step_begin: StepHook | None = None,
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Yield the ``ddim_sample`` output of every DDIM step, noisiest first.

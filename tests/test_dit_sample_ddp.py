@@ -1,0 +1,288 @@
+"""TaylorSeer-DiT/sample_ddp.py: multi-process FID sampling whose images depend neither on K nor on interruptions."""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from dit_testing import tiny_dit
+from PIL import Image
+
+from common.taylor_cache import TaylorCache, TaylorSeerConfig
+from taylorseer_dit.diffusion import create_diffusion
+from taylorseer_dit.models import DiT
+from taylorseer_dit.pipeline import sample_dit
+from taylorseer_dit.sample_ddp import (
+    build_parser,
+    check_args,
+    folder_name,
+    main,
+    pack_npz,
+    sample_inputs,
+    save_png_atomic,
+    to_hwc_uint8,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "TaylorSeer-DiT" / "sample_ddp.py"
+# Every process runs one thread: torchrun's workers do anyway, and on a shared 2-core machine more threads only wait.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# 10 samples in global batches of 3: batches 0 and 2 (6 images) on rank 0, 1 and 3 (4 images, the last partial) on 1.
+SMALL_RUN = ["--num-fid-samples", "10", "--per-proc-batch-size", "3"]
+
+
+def calm_dit(gate_scale: float = 4.0) -> DiT:
+    """A tiny DiT that predicts eps ~= x_t plus what its random blocks add, so that its 4-step samples stay in [-1, 1].
+
+    A random DiT's samples reach +-100, i.e. PNGs that are black and white only, which would hide any difference.
+    The patch embedding copies each patch into hidden channels 0..11 (and its negation into 12..23, so the token mean
+    stays 0) next to a large constant channel that fixes the token's norm, so LayerNorm is a known scaling that the
+    final linear undoes. ``gate_scale`` sets how much the blocks (and thus TaylorSeer's forecasts) change the images.
+    """
+    model = tiny_dit(input_size=8, in_channels=3)
+    hidden, patch, channels = model.pos_embed.shape[-1], model.patch_size, model.in_channels
+    size, big = channels * patch * patch, 1000.0
+    with torch.no_grad():
+        model.pos_embed.zero_()
+        conv = model.x_embedder.proj
+        conv.weight.zero_()
+        conv.bias.zero_()
+        identity = torch.eye(size).reshape(size, channels, patch, patch)
+        conv.weight[:size], conv.weight[size : 2 * size] = identity, -identity
+        conv.bias[2 * size], conv.bias[2 * size + 1] = big, -big
+        for block in model.blocks:
+            modulation = block.adaLN_modulation[-1]
+            for gate in (2, 5):  # gate_msa and gate_mlp of the six chunks
+                modulation.weight[gate * hidden : (gate + 1) * hidden] *= gate_scale
+                modulation.bias[gate * hidden : (gate + 1) * hidden] *= gate_scale
+        final = model.final_layer
+        for param in (*final.adaLN_modulation.parameters(), *final.linear.parameters()):
+            param.zero_()
+        token_std = big / math.sqrt(hidden / 2)
+        for i in range(patch):
+            for j in range(patch):
+                for c in range(channels):
+                    # Output order (i, j, c) of unpatchify (eps channels first); conv order (c, i, j).
+                    final.linear.weight[(i * patch + j) * 2 * channels + c, (c * patch + i) * patch + j] = token_std
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "calm.pt"
+    torch.save(calm_dit().state_dict(), path)
+    return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def argv(ckpt: Path, sample_dir: Path, *extra: str) -> list[str]:
+    return ["--model", "DiT-Tiny/2", "--vae", "none", "--image-size", "8", "--in-channels", "3",
+            "--num-classes", "10", "--num-sampling-steps", "4", "--ckpt", str(ckpt), "--sample-dir", str(sample_dir),
+            "--device", "cpu", *extra]  # fmt: skip
+
+
+def run_in_process(arguments: list[str]) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(arguments)
+    return main(args, check_args(args, parser))
+
+
+def run_torchrun(arguments: list[str], cwd: Path) -> str:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT)]
+    result = subprocess.run([*command, *arguments], capture_output=True, text=True, env=ENV, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def read_pngs(folder: Path) -> dict[str, np.ndarray]:
+    return {path.name: np.asarray(Image.open(path)) for path in sorted(folder.glob("*.png"))}
+
+
+def sampled_pngs(arguments: list[str]) -> dict[str, np.ndarray]:
+    return read_pngs(Path(run_in_process(arguments)["folder"]))
+
+
+def names(count: int) -> list[str]:
+    return [f"{i:06d}.png" for i in range(count)]
+
+
+def assert_same_images(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.parametrize("sampler", ["--ddim-sample", "--no-ddim-sample"])
+def test_two_processes_write_each_image_once_and_match_one_process(checkpoint, tmp_path, sampler):
+    run = [*SMALL_RUN, sampler, "--interval", "2"]
+    stdout = run_torchrun(argv(checkpoint, tmp_path / "two", *run), cwd=tmp_path)
+    written = {int(rank): int(count) for rank, count in re.findall(r"rank (\d)/2: .* wrote (\d+) PNGs", stdout)}
+    assert written == {0: 6, 1: 4}
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    folder = Path(summary["folder"])
+    assert sorted(path.name for path in folder.iterdir()) == names(10)  # no temporary file left either
+    two = read_pngs(folder)
+
+    npz = np.load(folder.parent / f"{folder.name}.npz")
+    assert list(npz) == ["arr_0"]
+    assert npz["arr_0"].dtype == np.uint8 and npz["arr_0"].shape == (10, 8, 8, 3)
+    np.testing.assert_array_equal(npz["arr_0"], np.stack([two[name] for name in names(10)]))
+    record = json.loads((folder.parent / f"{folder.name}.json").read_text())
+    counts = {key: record[key] for key in ("num_samples", "world_size", "full_steps", "forecast_steps")}
+    assert counts == {"num_samples": 10, "world_size": 2, "full_steps": 3, "forecast_steps": 1}
+
+    one = run_in_process(argv(checkpoint, tmp_path / "one", *run))
+    assert Path(one["folder"]).name == folder.name
+    assert_same_images(read_pngs(Path(one["folder"])), two)
+    images = npz["arr_0"].astype(float)
+    assert 0.9 < ((images > 0) & (images < 255)).mean() and images.std() > 20  # real images, not saturated
+
+
+def test_images_do_not_depend_on_the_batch_size(checkpoint, tmp_path):
+    """Each sample's noise is its own (DDPM steps included), so only float rounding of batched matmuls may differ."""
+    run = ["--num-fid-samples", "6", "--no-ddim-sample", "--interval", "2"]
+    alone = sampled_pngs(argv(checkpoint, tmp_path / "a", *run, "--per-proc-batch-size", "1"))
+    batched = sampled_pngs(argv(checkpoint, tmp_path / "b", *run, "--per-proc-batch-size", "4"))
+    assert sorted(alone) == sorted(batched) == names(6)
+    for name in alone:
+        assert np.abs(alone[name].astype(int) - batched[name]).max() <= 1
+
+
+def test_rerun_samples_only_the_batches_with_missing_pngs(checkpoint, tmp_path):
+    run = argv(checkpoint, tmp_path, *SMALL_RUN, "--no-ddim-sample", "--interval", "2")
+    first = run_in_process(run)
+    folder, npz = Path(first["folder"]), Path(first["npz"])
+    before = {path.name: path.stat() for path in folder.glob("*.png")}
+    images, packed = read_pngs(folder), np.load(npz)["arr_0"]
+    deleted = ["000001.png", "000007.png"]  # from global batches 0 and 2
+    for name in deleted:
+        (folder / name).unlink()
+    npz.unlink()
+
+    second = run_in_process(run)
+    assert (second["batches_sampled"], second["batches_skipped"], second["samples_written"]) == (2, 2, 2)
+    assert_same_images(read_pngs(folder), images)
+    for name, stat in before.items():
+        if name not in deleted:
+            after = (folder / name).stat()
+            assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), f"{name} was rewritten"
+    np.testing.assert_array_equal(np.load(npz)["arr_0"], packed)
+
+
+def test_killed_run_restarts_to_the_images_of_an_uninterrupted_run(checkpoint, tmp_path):
+    run = ["--num-fid-samples", "40", "--per-proc-batch-size", "1", "--no-ddim-sample", "--interval", "2"]
+    reference = run_in_process(argv(checkpoint, tmp_path / "reference", *run))
+    expected = read_pngs(Path(reference["folder"]))
+
+    killed = argv(checkpoint, tmp_path / "killed", *run)
+    folder = tmp_path / "killed" / Path(reference["folder"]).name
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    process = subprocess.Popen([sys.executable, str(SCRIPT), *killed], env=ENV, **quiet)
+    deadline = time.monotonic() + 60
+    while not any(folder.glob("*.png")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.kill()
+    process.wait()
+    survivors = read_pngs(folder)
+    assert 0 < len(survivors) < 40, "the run was not interrupted mid-way"
+    for name, image in survivors.items():  # every PNG on disk is complete and final
+        np.testing.assert_array_equal(image, expected[name], err_msg=name)
+
+    (folder / ".000039.png.12345.tmp").write_bytes(b"half a PNG")  # what a kill during a write leaves behind
+    summary = run_in_process(killed)
+    assert summary["samples_written"] == 40 - len(survivors)
+    assert_same_images(read_pngs(folder), expected)
+    assert sorted(path.name for path in folder.iterdir()) == names(40)
+    np.testing.assert_array_equal(np.load(summary["npz"])["arr_0"], np.load(reference["npz"])["arr_0"])
+
+
+def test_cfg_scale_one_samples_each_index_from_its_own_seed(checkpoint, tmp_path):
+    summary = run_in_process(argv(checkpoint, tmp_path, "--cfg-scale", "1.0", "--num-fid-samples", "3",
+                                  "--no-ddim-sample", "--interval", "2"))  # fmt: skip
+    assert "-cfg-1.0-" in Path(summary["folder"]).name
+    images = read_pngs(Path(summary["folder"]))
+
+    # Sample i: a CPU generator seeded with SeedSequence([global_seed, i]) draws the label, the noise, the DDPM noise.
+    seed = int(np.random.SeedSequence([0, 2]).generate_state(1)[0])
+    labels, noise, generators = sample_inputs(range(3), 0, 10, (3, 8, 8))
+    generator = torch.Generator().manual_seed(seed)
+    assert labels[2] == int(torch.randint(10, (1,), generator=generator))
+    torch.testing.assert_close(noise[2], torch.randn(3, 8, 8, generator=generator), rtol=0, atol=0)
+
+    model = calm_dit()
+    cache = TaylorCache(TaylorSeerConfig(interval=2, max_order=4, first_enhance=2))
+    result = sample_dit(model, create_diffusion("4"), labels, cfg_scale=1.0, cache=cache, ddim=False, noise=noise,
+                        generator=generators)  # fmt: skip
+    assert_same_images(images, dict(zip(names(3), to_hwc_uint8(result.samples), strict=True)))
+
+
+def test_grayscale_images_are_packed_as_rgb(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    images = to_hwc_uint8(torch.linspace(-1.2, 1.2, 2 * 16).reshape(2, 1, 4, 4))
+    assert images[0, 0, 0, 0] == 0 and images[1, -1, -1, 0] == 255  # clamped, as upstream
+    for index, image in enumerate(images):
+        save_png_atomic(image, folder / f"{index:06d}.png")
+    assert Image.open(folder / "000000.png").mode == "L"
+    assert pack_npz(folder, 2, tmp_path / "run.npz") == (2, 4, 4, 3)
+    packed = np.load(tmp_path / "run.npz")["arr_0"]
+    np.testing.assert_array_equal(packed, np.repeat(images, 3, axis=-1))
+
+
+def test_defaults_follow_the_model_and_name_the_folder(tmp_path):
+    parser = build_parser()
+    args = parser.parse_args([])
+    assert (
+        folder_name(args, check_args(args, parser))
+        == "DiT-XS-4-bundled-size-16-vae-none-cfg-1.5-seed-0-ddim50-N4-O4-E2"
+    )
+    args = parser.parse_args(["--model", "DiT-XL/2", "--ckpt", str(tmp_path / "mine.pt"), "--interval", "5"])
+    assert (
+        folder_name(args, check_args(args, parser)) == "DiT-XL-2-mine-size-256-vae-mse-cfg-1.5-seed-0-ddpm250-N5-O4-E2"
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--cfg-scale", "0.5"], "--cfg-scale must be >= 1.0"),
+        (["--num-fid-samples", "0"], "--num-fid-samples must be >= 1"),
+        (["--per-proc-batch-size", "0"], "--per-proc-batch-size must be >= 1"),
+        (["--global-seed", "-1"], "--global-seed must be >= 0"),
+        (["--interval", "0"], "interval must be >= 1"),
+        (["--num-sampling-steps", "0"], "--num-sampling-steps must be >= 1"),
+        (["--in-channels", "4"], "--in-channels must be 1 or 3"),
+        (["--image-size", "18"], "must be a positive multiple of 4"),
+        (["--model", "DiT-XL/2", "--image-size", "100"], "multiple of 16 up to 1024 for DiT-XL/2 with a VAE"),
+        (["--vae", "kl"], "invalid choice"),
+    ],
+)
+def test_invalid_flags_exit_with_the_reason(arguments, message, capsys):
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        check_args(parser.parse_args(arguments), parser)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_checkpoint_is_one_readable_message(tmp_path):
+    arguments = argv(tmp_path / "missing.pt", tmp_path / "out")
+    result = subprocess.run([sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True, env=ENV)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and "missing.pt" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing is written before the weights are found
