@@ -1,0 +1,56 @@
+"""benchmark_quality.py on a random DiT-XS/4 with tiny settings: outputs, numbers, and resuming by cell."""
+
+import json
+
+import torch
+from dit_testing import randomised
+
+from common.flops import FlopsReport
+from common.taylor_cache import TaylorSeerConfig
+from taylorseer_dit import benchmark_quality
+from taylorseer_dit.flops import reference_step_flops
+from taylorseer_dit.models import DiT_models
+
+
+def run(tmp_path, monkeypatch, orders: list[str]) -> tuple[dict, list[str]]:
+    ckpt = tmp_path / "xs.pt"
+    if not ckpt.exists():
+        model = DiT_models["DiT-XS/4"](input_size=16, in_channels=1, num_classes=10)
+        torch.save(randomised(model, std=0.02).state_dict(), ckpt)
+    sampled = []
+    original = benchmark_quality.sample_set
+
+    def counting_sample_set(model, args, config, seed):
+        sampled.append(f"N{config.interval}-O{config.max_order}-seed{seed}")
+        return original(model, args, config, seed)
+
+    monkeypatch.setattr(benchmark_quality, "sample_set", counting_sample_set)
+    args = benchmark_quality.build_parser().parse_args(
+        ["--ckpt", str(ckpt), "--intervals", "3", "--orders", *orders, "--num-samples", "12", "--spread-seeds", "2",
+         "--num-sampling-steps", "7", "--batch-size", "6", "--results-dir", str(tmp_path / "out"), "--device", "cpu"]
+    )  # fmt: skip
+    return benchmark_quality.run(args), sampled
+
+
+def test_benchmark_writes_tables_and_resumes_by_cell(tmp_path, monkeypatch):
+    summary, sampled = run(tmp_path, monkeypatch, ["0"])
+    assert sampled == ["N1-O1-seed0", "N1-O1-seed1", "N3-O0-seed0"]
+    (fora,) = summary["cells"]
+    # E=2, N=3 over 7 steps: full steps 0, 1, 4.
+    model = DiT_models["DiT-XS/4"](input_size=16, in_channels=1, num_classes=10)
+    flops = FlopsReport.for_schedule("reference", *reference_step_flops(model, 12), 7, TaylorSeerConfig(3, 0, 2))
+    assert (fora["full_steps"], fora["flops_speedup"]) == (3, flops.speedup)
+    assert fora["rel_l2"] > 0 and fora["fid"] > 0 and 0 <= fora["agreement"] <= 1
+    assert len(summary["full_compute"]["fid_per_seed"]) == 2 and summary["full_compute"]["fid_std"] > 0
+
+    summary, sampled = run(tmp_path, monkeypatch, ["0", "2"])
+    assert sampled == ["N1-O1-seed0", "N3-O2-seed0"]  # the reference run again, and only the missing cell
+    assert [c["key"] for c in summary["cells"]] == ["N3-O0", "N3-O2"]
+    _, sampled = run(tmp_path, monkeypatch, ["0", "2"])
+    assert sampled == []
+
+    out = tmp_path / "out"
+    assert json.loads((out / "results.json").read_text())["cells"][1]["order"] == 2
+    table = (out / "results.md").read_text()
+    assert "| 3 | FORA | 3 |" in table and "| 3 | 2 | 3 |" in table
+    assert (out / "quality_vs_speedup.png").stat().st_size > 10_000

@@ -1,0 +1,74 @@
+"""The bundled model's ingredients: the digits data, the shipped classifier, and a resumable train.py."""
+
+import json
+
+import pytest
+import torch
+
+from common.checkpoint import read_checkpoint_file
+from taylorseer_dit import train
+from taylorseer_dit.digits import CLASSIFIER_PATH, accuracy, load_classifier, load_digits, split_indices
+
+
+def test_digits_are_1797_images_in_range():
+    images, labels = load_digits()
+    assert images.shape == (1797, 1, 16, 16) and labels.shape == (1797,)
+    assert images.min().item() == -1.0 and images.max().item() == 1.0
+    assert torch.bincount(labels).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    assert load_digits(8)[0].shape == (1797, 1, 8, 8)
+
+
+def test_shipped_classifier_recognises_held_out_digits():
+    images, labels = load_digits()
+    _, test = split_indices(len(images))
+    assert accuracy(load_classifier(), images[test], labels[test]) >= 0.97
+
+
+def test_missing_classifier_says_how_to_rebuild(tmp_path):
+    from common.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="train_classifier.py"):
+        load_classifier(tmp_path / "missing.safetensors")
+    assert CLASSIFIER_PATH.exists()
+
+
+def train_args(results, *extra: str):
+    return train.build_parser().parse_args(
+        ["--model", "DiT-Tiny/4", "--batch-size", "8", "--ckpt-every", "2", "--results-dir", str(results), *extra]
+    )
+
+
+def test_resumed_training_equals_an_uninterrupted_run(tmp_path):
+    train.main(train_args(tmp_path / "straight", "--steps", "4"))
+    train.main(train_args(tmp_path / "resumed", "--steps", "2"))
+    train.main(train_args(tmp_path / "resumed", "--steps", "4", "--resume"))
+    straight = read_checkpoint_file(tmp_path / "straight" / "last.pt")
+    resumed = read_checkpoint_file(tmp_path / "resumed" / "last.pt")
+    assert straight["step"] == resumed["step"] == 4
+    for key in ("model", "ema"):
+        for name, tensor in straight[key].items():
+            assert torch.equal(tensor, resumed[key][name]), (key, name)
+    assert (tmp_path / "straight" / "loss.png").exists()
+
+
+def test_ema_is_the_decayed_average_and_export_is_fp16(tmp_path):
+    export = tmp_path / "ema.safetensors"
+    train.main(train_args(tmp_path / "run", "--steps", "1", "--ema-decay", "0.5"))
+    first = read_checkpoint_file(tmp_path / "run" / "last.pt")
+    train.main(train_args(tmp_path / "run", "--steps", "2", "--ema-decay", "0.5", "--resume", "--export", str(export)))
+    second = read_checkpoint_file(tmp_path / "run" / "last.pt")
+    for name, ema in second["ema"].items():
+        if name != "pos_embed":  # frozen, identical everywhere
+            torch.testing.assert_close(ema, 0.5 * first["ema"][name] + 0.5 * second["model"][name])
+    # adaLN-Zero: the gates get gradients from step 2 on (the attention weights only from step 3).
+    name = "blocks.0.adaLN_modulation.1.weight"
+    assert not torch.equal(second["ema"][name], second["model"][name])
+
+    from safetensors.torch import load_file
+
+    exported = load_file(export)
+    assert set(exported) == set(second["ema"]) and all(t.dtype == torch.float16 for t in exported.values())
+    for name, tensor in exported.items():
+        torch.testing.assert_close(tensor, second["ema"][name].half(), rtol=0, atol=0)
+    meta = json.loads(export.with_suffix(".json").read_text())
+    assert meta["command"].startswith("python TaylorSeer-DiT/train.py") and meta["steps"] == 2
