@@ -51,15 +51,22 @@ def test_resumed_training_equals_an_uninterrupted_run(tmp_path):
     assert (tmp_path / "straight" / "loss.png").exists()
 
 
+def test_ema_decay_warms_up_to_its_target():
+    assert [train.ema_decay(s, 0.9995) for s in (0, 8, 90)] == [0.1, 0.5, 0.91]
+    assert train.ema_decay(100_000, 0.9995) == 0.9995
+
+
 def test_ema_is_the_decayed_average_and_export_is_fp16(tmp_path):
     export = tmp_path / "ema.safetensors"
     train.main(train_args(tmp_path / "run", "--steps", "1", "--ema-decay", "0.5"))
     first = read_checkpoint_file(tmp_path / "run" / "last.pt")
     train.main(train_args(tmp_path / "run", "--steps", "2", "--ema-decay", "0.5", "--resume", "--export", str(export)))
     second = read_checkpoint_file(tmp_path / "run" / "last.pt")
+    decay = train.ema_decay(1, 0.5)  # the second step (index 1): min(0.5, 2 / 11)
+    assert decay == pytest.approx(2 / 11)
     for name, ema in second["ema"].items():
         if name != "pos_embed":  # frozen, identical everywhere
-            torch.testing.assert_close(ema, 0.5 * first["ema"][name] + 0.5 * second["model"][name])
+            torch.testing.assert_close(ema, decay * first["ema"][name] + (1 - decay) * second["model"][name])
     # adaLN-Zero: the gates get gradients from step 2 on (the attention weights only from step 3).
     name = "blocks.0.adaLN_modulation.1.weight"
     assert not torch.equal(second["ema"][name], second["model"][name])
