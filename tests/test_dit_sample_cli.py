@@ -179,3 +179,19 @@ def test_missing_checkpoint_is_one_readable_message(tmp_path):
     assert result.returncode == 1
     assert "https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_readme_main_job_runs_the_bundled_model_without_flags(tmp_path):
+    """`python TaylorSeer-DiT/sample.py` with no flags: the bundled digits model, full vs FORA vs TaylorSeer."""
+    result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, check=True, cwd=tmp_path)
+    summary = last_json_line(result.stdout)
+    full, fora, taylor = summary["methods"]
+    assert [m["method"] for m in summary["methods"]] == ["full compute", "FORA N=4", "TaylorSeer N=4 O=4"]
+    assert (full["full_steps"], fora["full_steps"], taylor["full_steps"]) == (50, 14, 14)  # E=2, N=4, 50 DDIM steps
+    assert fora["flops_speedup"] == taylor["flops_speedup"] == pytest.approx(3.44, abs=0.01)
+    # The paper's claim on the bundled model: forecasting beats reuse at the same FLOPs.
+    assert 0 < taylor["rel_l2_vs_full"] < fora["rel_l2_vs_full"]
+    assert all(m["wall_speedup"] > 0 for m in summary["methods"])
+    grid = Image.open(tmp_path / "sample.png")
+    assert grid.height == 3 * (64 + 4) and grid.width > 10 * (64 + 2)  # three rows of ten digits, enlarged
+    assert [Path(p).name for p in summary["raw"]] == ["sample-full.npy", "sample-fora.npy", "sample-taylorseer.npy"]
