@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -121,7 +121,7 @@ def methods_to_run(args: argparse.Namespace, config: TaylorSeerConfig) -> list[M
     taylorseer = Method(f"TaylorSeer N={config.interval} O={config.max_order}", config)
     if not args.compare:
         return [taylorseer]
-    fora = TaylorSeerConfig(config.interval, 0, config.first_enhance, config.factor_dtype)
+    fora = replace(config, max_order=0)
     methods = [Method("full compute", None), Method(f"FORA N={config.interval}", fora)]
     return methods + ([taylorseer] if config.max_order > 0 else [])
 

@@ -14,9 +14,14 @@ _DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "
 
 
 def add_taylorseer_args(
-    parser: argparse.ArgumentParser, *, interval: int, max_order: int, first_enhance: int
+    parser: argparse.ArgumentParser,
+    *,
+    interval: int,
+    max_order: int,
+    first_enhance: int,
+    derivative_start_step: int = 0,
 ) -> argparse._ArgumentGroup:
-    """Add --interval/--max-order/--first-enhance/--factor-dtype with a tree's reference defaults."""
+    """Add one flag per TaylorSeerConfig field, with a tree's reference defaults."""
     group = parser.add_argument_group("TaylorSeer", "feature forecasting; --interval 1 is the uncached model")
     group.add_argument(
         "--interval", type=int, default=interval, help="N: one full step every N steps after the warm-up"
@@ -25,6 +30,12 @@ def add_taylorseer_args(
         "--max-order", type=int, default=max_order, help="O: Taylor order of the forecast; 0 = reuse (FORA)"
     )
     group.add_argument("--first-enhance", type=int, default=first_enhance, help="E: warm-up steps that are always full")
+    group.add_argument(
+        "--derivative-start-step",
+        type=int,
+        default=derivative_start_step,
+        help="full steps before this one keep no derivative (the reference FLUX code: E - 1)",
+    )
     group.add_argument(
         "--factor-dtype",
         choices=list(_DTYPES),
@@ -41,6 +52,7 @@ def taylorseer_config_from_args(args: argparse.Namespace, parser: argparse.Argum
             interval=args.interval,
             max_order=args.max_order,
             first_enhance=args.first_enhance,
+            derivative_start_step=args.derivative_start_step,
             factor_dtype=_DTYPES[args.factor_dtype],
         )
     except (TypeError, ValueError) as err:

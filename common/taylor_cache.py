@@ -51,6 +51,10 @@ class TaylorSeerConfig:
     first_enhance: int = 1
     """E: number of warm-up steps at the start that are always full (the reference uses 2 for DiT, 3 for FLUX,
     1 for HunyuanVideo)."""
+    derivative_start_step: int = 0
+    """Full steps before this one record only F_0 and form no derivative. 0 everywhere except the reference's FLUX
+    code, which forms derivatives only after step E - 2: with E=3 the feature of step 0 is discarded and the first
+    derivative comes from steps 1 and 2 (reference-semantics §1.4); 2 reproduces that."""
     factor_dtype: torch.dtype | None = None
     """dtype of the stored Taylor factors; None keeps the feature's dtype (what the reference does, bf16 included).
     float32 makes the finite differences of bf16 models exact to fp32 rounding."""
@@ -59,6 +63,7 @@ class TaylorSeerConfig:
         _require_int("interval", self.interval, minimum=1)
         _require_int("max_order", self.max_order, minimum=0)
         _require_int("first_enhance", self.first_enhance, minimum=1)
+        _require_int("derivative_start_step", self.derivative_start_step, minimum=0)
         if self.factor_dtype is not None and not (
             isinstance(self.factor_dtype, torch.dtype) and self.factor_dtype.is_floating_point
         ):
@@ -182,7 +187,7 @@ class TaylorCache:
         if self.config.factor_dtype is not None:
             stored = stored.to(self.config.factor_dtype)
         slot = self._slots.get(key)
-        if slot is None:
+        if slot is None or step < self.config.derivative_start_step:
             self._slots[key] = _Slot([stored], step, feature.dtype)
             return
         if slot.last_full_step == step:

@@ -64,6 +64,7 @@ def test_interval_one_is_all_full():
         ({"interval": 0}, ValueError),
         ({"max_order": -1}, ValueError),
         ({"first_enhance": 0}, ValueError),
+        ({"derivative_start_step": -1}, ValueError),
         ({"interval": 2.5}, TypeError),
         ({"interval": True}, TypeError),
         ({"factor_dtype": torch.int32}, ValueError),
@@ -127,6 +128,14 @@ def test_quadratic_bias_flux_like_schedule():
     """f = s^2, E=3, N=6, O=2: F = [4, 3, 2] after steps 0, 1, 2; the forecast 4 + 3x + x^2 misses (2+x)^2 by -x."""
     forecasts = run_sequence(TaylorSeerConfig(interval=6, max_order=2, first_enhance=3), lambda s: float(s * s), 8)
     assert {s: forecasts[s] - s * s for s in range(3, 8)} == pytest.approx({3: -1, 4: -2, 5: -3, 6: -4, 7: -5})
+
+
+def test_reference_flux_discards_the_first_warmup_feature():
+    """The reference FLUX guard (derivatives only after step E-2): with E=3, steps 0 and 1 keep F_0 only, so the
+    first interval extrapolates 4 + 3x with order 1 although O=2; reference-semantics §1.5 lists these errors."""
+    config = TaylorSeerConfig(interval=6, max_order=2, first_enhance=3, derivative_start_step=2)
+    forecasts = run_sequence(config, lambda s: float(s * s), 8)
+    assert {s: forecasts[s] - s * s for s in range(3, 8)} == pytest.approx({3: -2, 4: -6, 5: -12, 6: -20, 7: -30})
 
 
 def test_orders_build_up_one_per_full_step():
