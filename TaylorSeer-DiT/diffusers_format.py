@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from common.checkpoint import CheckpointError, read_state_dict, require_path, truncated_list
+from common.checkpoint import CheckpointError, KeyPool, read_state_dict, require_path, truncated_list
 from taylorseer_dit.models import DiT, get_2d_sincos_pos_embed
 
 __all__ = [
@@ -97,39 +97,6 @@ WEIGHT_FILES = (
 )
 
 
-class _KeyPool:
-    """An input state dict from which every key must be taken exactly once.
-
-    Missing keys are collected rather than raised at once, so :meth:`finish` can report every missing and every
-    leftover key in one error.
-    """
-
-    def __init__(self, state_dict: Mapping[str, Tensor], layout: str) -> None:
-        self._left = dict(state_dict)
-        self._taken: set[str] = set()
-        self._missing: list[str] = []
-        self._layout = layout
-
-    def take(self, key: str) -> Tensor | None:
-        if key in self._taken:
-            raise RuntimeError(f"conversion bug: key {key!r} consumed twice")
-        self._taken.add(key)
-        if key not in self._left:
-            self._missing.append(key)
-            return None
-        return self._left.pop(key)
-
-    def finish(self) -> None:
-        if not (self._missing or self._left):
-            return
-        lines = [f"State dict is not a complete {self._layout} DiT state dict:"]
-        if self._missing:
-            lines.append(f"  missing keys ({len(self._missing)}): {truncated_list(sorted(self._missing))}")
-        if self._left:
-            lines.append(f"  keys no mapping consumes ({len(self._left)}): {truncated_list(sorted(self._left))}")
-        raise CheckpointError("\n".join(lines))
-
-
 def dit_to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Our (original DiT) keys -> ``DiTTransformer2DModel`` keys.
 
@@ -137,7 +104,7 @@ def dit_to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     shares no memory between keys and can be written with ``safetensors.torch.save_file`` directly. ``pos_embed`` is
     checked to be the sin-cos table (diffusers recomputes it) and then dropped.
     """
-    pool = _KeyPool(state_dict, "original")
+    pool = KeyPool(state_dict, "original DiT")
     depth = infer_depth(state_dict, OUR_BLOCKS)
     out: dict[str, Tensor] = {}
     for ours, theirs in _param_pairs(TOP_LEVEL):
@@ -168,7 +135,7 @@ def diffusers_to_dit(state_dict: Mapping[str, Tensor], *, grid_size: int) -> dic
     embedder, so diverged copies cannot be represented). ``pos_embed`` is not stored by diffusers and is recomputed
     as DiT's sin-cos table for a ``grid_size`` x ``grid_size`` token grid (``sample_size // patch_size``).
     """
-    pool = _KeyPool(state_dict, "diffusers")
+    pool = KeyPool(state_dict, "diffusers DiT")
     depth = infer_depth(state_dict, DIFFUSERS_BLOCKS)
     out: dict[str, Tensor] = {}
     for ours, theirs in _param_pairs(TOP_LEVEL):

@@ -45,7 +45,7 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from common.checkpoint import CheckpointError, truncated_list
+from common.checkpoint import CheckpointError, KeyPool, truncated_list
 from taylorseer_flux.model import FluxParams
 
 __all__ = ["bfl_to_diffusers", "diffusers_to_bfl", "diffusers_config", "flux_params_from_diffusers_config"]
@@ -111,35 +111,6 @@ DIFFUSERS_MLP_RATIO = 4.0
 DIFFUSERS_THETA = 10_000
 
 
-class _KeyPool:
-    """An input state dict from which every key must be taken exactly once; :meth:`finish` reports all problems."""
-
-    def __init__(self, state_dict: Mapping[str, Tensor], layout: str) -> None:
-        self._left = dict(state_dict)
-        self._taken: set[str] = set()
-        self._missing: list[str] = []
-        self._layout = layout
-
-    def take(self, key: str) -> Tensor | None:
-        if key in self._taken:
-            raise RuntimeError(f"conversion bug: key {key!r} consumed twice")
-        self._taken.add(key)
-        if key not in self._left:
-            self._missing.append(key)
-            return None
-        return self._left.pop(key)
-
-    def finish(self) -> None:
-        if not (self._missing or self._left):
-            return
-        lines = [f"State dict is not a complete {self._layout} FLUX transformer state dict:"]
-        if self._missing:
-            lines.append(f"  missing keys ({len(self._missing)}): {truncated_list(sorted(self._missing))}")
-        if self._left:
-            lines.append(f"  keys no mapping consumes ({len(self._left)}): {truncated_list(sorted(self._left))}")
-        raise CheckpointError("\n".join(lines))
-
-
 def infer_depth(state_dict: Mapping[str, Tensor], prefix: str) -> int:
     """Number of blocks ``{prefix}.{i}.*`` in the state dict; the indices must be 0 ... n-1."""
     pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.")
@@ -186,7 +157,7 @@ def bfl_to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
     Split tensors are clones, so the result shares no memory between keys and can be saved with safetensors.
     """
-    pool = _KeyPool(state_dict, "BFL")
+    pool = KeyPool(state_dict, "BFL FLUX transformer")
     depth = infer_depth(state_dict, OUR_DOUBLE)
     depth_single = infer_depth(state_dict, OUR_SINGLE)
     top = TOP_LEVEL_LINEARS + (GUIDANCE_LINEARS if _has_prefix(state_dict, "guidance_in") else ())
@@ -238,7 +209,7 @@ def bfl_to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def diffusers_to_bfl(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``FluxTransformer2DModel`` keys -> BFL keys (our :class:`~taylorseer_flux.model.Flux`)."""
-    pool = _KeyPool(state_dict, "diffusers")
+    pool = KeyPool(state_dict, "diffusers FLUX transformer")
     depth = infer_depth(state_dict, DIFFUSERS_DOUBLE)
     depth_single = infer_depth(state_dict, DIFFUSERS_SINGLE)
     guidance = _has_prefix(state_dict, "time_text_embed.guidance_embedder")

@@ -30,6 +30,7 @@ __all__ = [
     "read_state_dict",
     "load_state_dict_checked",
     "truncated_list",
+    "KeyPool",
 ]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -215,3 +216,36 @@ def _allow_safe_globals(types: Sequence[type]) -> contextlib.AbstractContextMana
         return torch.serialization.safe_globals(list(types))
     torch.serialization.add_safe_globals(list(types))
     return contextlib.nullcontext()
+
+
+class KeyPool:
+    """A state dict from which a key-mapping function must take every key exactly once.
+
+    Missing keys are collected rather than raised at once, so that :meth:`finish` reports every missing and every
+    leftover key in one error; the model trees' checkpoint converters use it so no key is ever silently dropped.
+    """
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor], layout: str) -> None:
+        self._left = dict(state_dict)
+        self._taken: set[str] = set()
+        self._missing: list[str] = []
+        self._layout = layout
+
+    def take(self, key: str) -> torch.Tensor | None:
+        if key in self._taken:
+            raise RuntimeError(f"conversion bug: key {key!r} consumed twice")
+        self._taken.add(key)
+        if key not in self._left:
+            self._missing.append(key)
+            return None
+        return self._left.pop(key)
+
+    def finish(self) -> None:
+        if not (self._missing or self._left):
+            return
+        lines = [f"State dict is not a complete {self._layout} state dict:"]
+        if self._missing:
+            lines.append(f"  missing keys ({len(self._missing)}): {truncated_list(sorted(self._missing))}")
+        if self._left:
+            lines.append(f"  keys no mapping consumes ({len(self._left)}): {truncated_list(sorted(self._left))}")
+        raise CheckpointError("\n".join(lines))

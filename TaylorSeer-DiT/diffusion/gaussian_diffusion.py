@@ -607,7 +607,7 @@ class GaussianDiffusion:
             return self._kl_losses(model, x_start, x_t, t, model_kwargs)
         if self.loss_type in (LossType.MSE, LossType.RESCALED_MSE):
             return self._mse_losses(model, x_start, x_t, t, noise, model_kwargs)
-        raise NotImplementedError(self.loss_type)
+        raise ValueError(f"unknown loss type: {self.loss_type}")
 
     def _kl_losses(
         self,

@@ -37,7 +37,7 @@ def get_named_beta_schedule(schedule_name: str, num_diffusion_timesteps: int) ->
         return linear_beta_schedule(num_diffusion_timesteps)
     if schedule_name == "squaredcos_cap_v2":
         return betas_for_alpha_bar(num_diffusion_timesteps, _cosine_alpha_bar)
-    raise NotImplementedError(f"unknown beta schedule: {schedule_name}")
+    raise ValueError(f"unknown beta schedule: {schedule_name}")
 
 
 def _ddim_stride_timesteps(num_timesteps: int, desired_count: int) -> set[int]:
