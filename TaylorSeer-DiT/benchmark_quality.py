@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from common.checkpoint import CheckpointError
 from common.flops import FlopsReport
 from common.images import to_uint8
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
@@ -204,4 +206,7 @@ def plot(summary: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    run(build_parser().parse_args())
+    try:
+        run(build_parser().parse_args())
+    except CheckpointError as err:
+        sys.exit(f"error: {err}")

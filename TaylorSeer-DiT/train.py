@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from common.checkpoint import read_checkpoint_file
+from common.checkpoint import CheckpointError, read_checkpoint_file
 from taylorseer_dit.diffusion import create_diffusion
 from taylorseer_dit.digits import load_digits
 from taylorseer_dit.models import DiT, DiT_models
@@ -88,6 +88,7 @@ def plot_loss(log_path: Path, png_path: Path) -> None:
 
 def main(args: argparse.Namespace) -> None:
     results = Path(args.results_dir)
+    state = read_checkpoint_file(results / "last.pt") if args.resume else None  # fail before writing anything
     results.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     images, labels = load_digits(args.image_size)
@@ -99,8 +100,7 @@ def main(args: argparse.Namespace) -> None:
     diffusion = create_diffusion(timestep_respacing="")  # 1000 steps, linear schedule, learned sigma
     log_path = results / "loss.csv"
     start = 0
-    if args.resume:
-        state = read_checkpoint_file(results / "last.pt")
+    if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["opt"])
@@ -145,4 +145,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    try:
+        main(build_parser().parse_args())
+    except CheckpointError as err:
+        sys.exit(f"error: {err}")

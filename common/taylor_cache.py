@@ -239,10 +239,6 @@ class LayerCache:
         self.cache = cache
         self.index = index
 
-    @property
-    def is_full_step(self) -> bool:
-        return self.cache.is_full_step
-
     def apply(self, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         return self.cache.apply((self.index, name), compute)
 

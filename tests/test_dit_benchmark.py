@@ -54,3 +54,14 @@ def test_benchmark_writes_tables_and_resumes_by_cell(tmp_path, monkeypatch):
     table = (out / "results.md").read_text()
     assert "| 3 | FORA | 3 |" in table and "| 3 | 2 | 3 |" in table
     assert (out / "quality_vs_speedup.png").stat().st_size > 10_000
+
+
+def test_missing_weights_are_one_readable_error(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "TaylorSeer-DiT" / "benchmark_quality.py"
+    result = subprocess.run([sys.executable, str(script), "--ckpt", str(tmp_path / "none.pt")], capture_output=True,
+                            text=True, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1 and "none.pt" in result.stderr and "Traceback" not in result.stderr

@@ -79,3 +79,11 @@ def test_ema_is_the_decayed_average_and_export_is_fp16(tmp_path):
         torch.testing.assert_close(tensor, second["ema"][name].half(), rtol=0, atol=0)
     meta = json.loads(export.with_suffix(".json").read_text())
     assert meta["command"].startswith("python TaylorSeer-DiT/train.py") and meta["steps"] == 2
+
+
+def test_resume_without_a_checkpoint_fails_before_writing_anything(tmp_path):
+    from common.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="last.pt"):
+        train.main(train_args(tmp_path / "missing", "--steps", "2", "--resume"))
+    assert not (tmp_path / "missing").exists()
