@@ -1,0 +1,1 @@
+"""TaylorSeer-HunyuanVideo: text-to-video with HunyuanVideo and TaylorSeer caching."""
