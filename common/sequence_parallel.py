@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from common.attention import attention
+from common.attention import masked_attention
 
 __all__ = ["SequenceParallel", "shard_sequence", "gather_sequence", "ulysses_joint_attention", "joint_attention"]
 
@@ -130,20 +129,17 @@ def joint_attention(
     computed (over the real keys) and are meaningless but finite, as every row has at least the image keys to attend to.
     Returns (out_img (B, L_img, H, D), out_txt (B, L_txt, H, D)), views into one joint result.
 
-    Without a mask this goes through :func:`common.attention.attention` (flash-attn for half precision on GPU); with a
-    mask it uses PyTorch SDPA with a boolean key mask, since flash-attn's dense kernel takes no mask.
+    Through :func:`common.attention.masked_attention`: flash-attn for half precision on GPU without a mask, PyTorch
+    SDPA with a boolean key mask otherwise, since flash-attn's dense kernel takes no mask.
     """
     _check_joint_inputs((q_img, k_img, v_img), (q_txt, k_txt, v_txt), txt_key_mask)
     len_img = q_img.shape[1]
     # (B, L_img + L_txt, H, D) -> (B, H, L, D)
     q, k, v = (torch.cat(pair, dim=1).transpose(1, 2) for pair in ((q_img, q_txt), (k_img, k_txt), (v_img, v_txt)))
-    if txt_key_mask is None:
-        out = attention(q, k, v)
-    else:
-        img_keys = txt_key_mask.new_ones(txt_key_mask.shape[0], len_img)
-        key_mask = torch.cat([img_keys, txt_key_mask], dim=1)[:, None, None, :]  # (B, 1, 1, L): broadcast over H, Lq
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-    out = out.transpose(1, 2)  # (B, L, H, D)
+    key_mask = None
+    if txt_key_mask is not None:
+        key_mask = torch.cat([txt_key_mask.new_ones(txt_key_mask.shape[0], len_img), txt_key_mask], dim=1)  # (B, L)
+    out = masked_attention(q, k, v, key_mask).transpose(1, 2)  # (B, L, H, D)
     return out[:, :len_img], out[:, len_img:]
 
 
