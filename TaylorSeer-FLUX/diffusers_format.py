@@ -118,7 +118,7 @@ def infer_depth(state_dict: Mapping[str, Tensor], prefix: str) -> int:
     if indices and indices != set(range(max(indices) + 1)):
         missing = sorted(set(range(max(indices) + 1)) - indices)
         raise CheckpointError(
-            f"State dict has gaps in its {prefix} indices: missing {truncated_list(map(str, missing))}"
+            f"State dict has gaps in its {prefix} indices: missing {truncated_list([str(i) for i in missing])}"
         )
     return len(indices)
 

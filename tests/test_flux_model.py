@@ -123,6 +123,13 @@ def test_conversion_refuses_missing_and_leftover_keys() -> None:
         diffusers_to_bfl(theirs)
 
 
+def test_gaps_in_block_indices_are_named() -> None:
+    theirs = bfl_to_diffusers(tiny_flux(replace(FLUX_PRESETS["flux-tiny"], depth=3)).state_dict())
+    gapped = {k: v for k, v in theirs.items() if not k.startswith("transformer_blocks.1.")}
+    with pytest.raises(CheckpointError, match=r"gaps in its transformer_blocks indices: missing 1"):
+        diffusers_to_bfl(gapped)
+
+
 def test_diffusers_config_round_trip() -> None:
     for params in (TINY, TINY_SCHNELL, FLUX_PRESETS["flux-dev"], FLUX_PRESETS["flux-schnell"]):
         assert flux_params_from_diffusers_config(diffusers_config(params)) == params
