@@ -39,9 +39,13 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 24, quality: fl
     else:
         options = {"codec": "libx264", "quality": quality, "pixelformat": "yuv420p"}
     # yuv420p needs even sizes; ffmpeg's block size of 16 is not required, so keep imageio from resizing.
-    with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, macro_block_size=1, **options) as writer:
-        for frame in frames:
-            writer.append_data(frame)
+    try:
+        with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, macro_block_size=1, **options) as writer:
+            for frame in frames:
+                writer.append_data(frame)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return path
 

@@ -1,0 +1,512 @@
+"""Quality of accelerated FLUX images against the full-compute images of the same prompts and seeds (paper Table 1).
+
+    python TaylorSeer-FLUX/evaluate.py --reference-dir samples/flux-full \\
+        --candidate-dir samples/flux-taylorseer-n3o2 samples/flux-taylorseer-n6o2 \\
+        --clip-model pretrained_models/clip-vit-large-patch14 \\
+        --image-reward pretrained_models/ImageReward/ImageReward.pt
+
+Images are paired by file name (``sample.py`` writes ``{index:05d}.png`` and a ``metadata.jsonl`` with one
+``{"index", "prompt", ...}`` object per line). Each candidate folder gets PSNR, SSIM and LPIPS against the reference
+(per pair, then averaged), and the candidate's and the reference's ImageReward and CLIP score over the same pairs.
+Prompts come from the folders' ``metadata.jsonl``, or from ``--prompt-file`` (one per line, line i for image i).
+
+Every model is read from local files only, never downloaded; one that is missing is reported once and its metric is
+null while the others run:
+
+* LPIPS: torchvision's AlexNet weights ``alexnet-owt-7be5be79.pth`` (--lpips-weights, $TAYLORSEER_LPIPS_WEIGHTS,
+  ``pretrained_models/`` or the torch hub cache); torchmetrics ships LPIPS' own linear layers.
+* CLIP score: a local ``openai/clip-vit-large-patch14`` folder (--clip-model, $TAYLORSEER_CLIP_MODEL,
+  ``pretrained_models/clip-vit-large-patch14``).
+* ImageReward: the ``image-reward`` package (``pip install image-reward``), its ``ImageReward.pt`` and
+  ``med_config.json`` (--image-reward, $TAYLORSEER_IMAGE_REWARD, ``pretrained_models/ImageReward/``), and the
+  ``bert-base-uncased`` tokenizer in the Hugging Face cache.
+
+Writes the metrics as JSON (per image and averaged) and the table as markdown next to it, and prints the table.
+Bad input (a missing folder, no pairs, a size mismatch, disagreeing prompts) ends in one ``error:`` line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from common.checkpoint import CheckpointError, read_state_dict
+from common.quality_metrics import (
+    CLIP_MODEL_ENV,
+    LPIPS_NETS,
+    LPIPS_WEIGHTS_ENV,
+    PSNR_CAP_DB,
+    ClipScorer,
+    PairedImageMetrics,
+    format_value,
+    load_lpips,
+    markdown_table,
+    mean_or_none,
+    pair_files,
+    resolve_clip_model,
+    resolve_device,
+)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+METADATA_FILE = "metadata.jsonl"
+IMAGE_REWARD_ENV = "TAYLORSEER_IMAGE_REWARD"
+DEFAULT_IMAGE_REWARD = Path("pretrained_models") / "ImageReward" / "ImageReward.pt"
+IMAGE_REWARD_URL = "https://huggingface.co/THUDM/ImageReward/resolve/main/ImageReward.pt"
+MED_CONFIG_URL = "https://huggingface.co/THUDM/ImageReward/resolve/main/med_config.json"
+# Per-image values -> table columns, with the paper's number of decimals; "reference_*" are the reference's scores.
+TABLE_COLUMNS = (
+    ("image_reward", "ImageReward ↑", 4),
+    ("clip_score", "CLIP ↑", 3),
+    ("psnr", "PSNR ↑", 3),
+    ("ssim", "SSIM ↑", 4),
+    ("lpips", "LPIPS ↓", 4),
+)
+PER_IMAGE_KEYS = (
+    "psnr",
+    "ssim",
+    "lpips",
+    "clip_score",
+    "reference_clip_score",
+    "image_reward",
+    "reference_image_reward",
+)
+MAX_LISTED = 10
+
+
+class InputError(ValueError):
+    """Bad input the user must fix (a missing folder, no pairs, a size mismatch): one line, exit code 2."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The default in the help of every flag that has one, and the module docstring kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help  # no value to show, or the help already says what happens without the flag
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--reference-dir", required=True, help="full-compute images ({index:05d}.png)")
+    parser.add_argument(
+        "--candidate-dir", required=True, nargs="+", help="accelerated images, same file names; one table row each"
+    )
+    parser.add_argument(
+        "--prompt-file",
+        default=None,
+        help="one prompt per line, line i for image {i:05d}.png (default: the folders' metadata.jsonl)",
+    )
+    parser.add_argument(
+        "--clip-model", default=None, help=f"local CLIP folder (default: ${CLIP_MODEL_ENV}, else pretrained_models/)"
+    )
+    parser.add_argument(
+        "--image-reward",
+        default=None,
+        help=f"ImageReward.pt of the image-reward package (default: ${IMAGE_REWARD_ENV}, else {DEFAULT_IMAGE_REWARD})",
+    )
+    parser.add_argument(
+        "--image-reward-med-config", default=None, help="ImageReward's med_config.json (default: next to the .pt)"
+    )
+    parser.add_argument(
+        "--lpips-weights",
+        default=None,
+        help=f"torchvision backbone weights for LPIPS (default: ${LPIPS_WEIGHTS_ENV}, else pretrained_models/)",
+    )
+    parser.add_argument("--lpips-net", choices=list(LPIPS_NETS), default="alex", help="LPIPS backbone")
+    parser.add_argument("--batch-size", type=int, default=8, help="image pairs per metric batch")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:i] for the metrics"
+    )
+    parser.add_argument(
+        "--output", default=None, help="metrics JSON, with a .md table beside it (default: <candidate>-quality.json)"
+    )
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
+    return parser
+
+
+def warn(message: str) -> None:
+    print(f"warning: {' '.join(message.split())}", file=sys.stderr)
+
+
+def existing_dir(path: str | Path, what: str) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"{what} folder not found: {folder.absolute()}")
+    return folder
+
+
+def image_name(index: int) -> str:
+    """The file name ``sample.py`` gives image ``index``."""
+    return f"{index:05d}.png"
+
+
+def read_prompt_file(path: str | Path) -> dict[str, str]:
+    """Non-empty lines of a prompt file; the i-th one is the prompt of image ``{i:05d}.png``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"prompt file not found: {path.absolute()}")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {image_name(i): prompt for i, prompt in enumerate(prompts)}
+
+
+def read_metadata(path: Path) -> dict[str, tuple[str, object]]:
+    """``metadata.jsonl``: one JSON object per line with at least ``index`` and ``prompt`` (``file`` and ``seed`` when
+    ``sample.py`` wrote it); returns file name -> (prompt, seed or None)."""
+    entries: dict[str, tuple[str, object]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+        if not isinstance(entry, dict) or not isinstance(entry.get("index"), int) or "prompt" not in entry:
+            raise InputError(f"{path}:{number}: expected an object with an integer 'index' and a 'prompt'")
+        name = str(entry.get("file") or image_name(entry["index"]))
+        entries[name] = (str(entry["prompt"]), entry.get("seed"))
+    return entries
+
+
+def collect_prompts(prompt_file: str | None, folders: Sequence[Path]) -> tuple[dict[str, str] | None, str | None]:
+    """File name -> prompt, and where it came from: ``prompt_file``, else every folder's ``metadata.jsonl``. These
+    must agree on the prompt and seed of the images they share, else the runs are not comparable pair by pair.
+    None if there is no source."""
+    if prompt_file:
+        return read_prompt_file(prompt_file), str(prompt_file)
+    sources = [folder / METADATA_FILE for folder in folders if (folder / METADATA_FILE).is_file()]
+    if not sources:
+        return None, None
+    first: dict[str, tuple[str, object, Path]] = {}
+    for source in sources:
+        for name, (prompt, seed) in read_metadata(source).items():
+            prompt0, seed0, source0 = first.setdefault(name, (prompt, seed, source))
+            if prompt != prompt0:
+                raise InputError(f"{name} has different prompts in {source0} and {source}: runs are not comparable")
+            if seed is not None and seed0 is not None and seed != seed0:
+                raise InputError(
+                    f"{name} has seed {seed0} in {source0} but {seed} in {source}: pairs must share prompt and seed"
+                )
+    return {name: prompt for name, (prompt, _, _) in first.items()}, ", ".join(map(str, sources))
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except OSError as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from exc
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """An image file as uint8 (3, H, W) RGB."""
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+
+
+def check_sizes(reference_dir: Path, candidate_dir: Path, names: Sequence[str]) -> list[tuple[int, int]]:
+    """The size of every pair, read from the file headers before any metric runs; a mismatch is an InputError."""
+    sizes = []
+    for name in names:
+        reference, candidate = image_size(reference_dir / name), image_size(candidate_dir / name)
+        if reference != candidate:
+            raise InputError(
+                f"{name}: reference is {reference[0]}x{reference[1]} but {candidate_dir} has {candidate[0]}x"
+                f"{candidate[1]}; pairs must have the same size"
+            )
+        sizes.append(reference)
+    return sizes
+
+
+def batches(names: Sequence[str], sizes: Sequence[tuple[int, int]], batch_size: int) -> Iterator[list[str]]:
+    """Consecutive names, at most ``batch_size`` at a time and of one image size (batches are stacked)."""
+    batch: list[str] = []
+    batch_image_size = None
+    for name, size in zip(names, sizes, strict=True):
+        if batch and (len(batch) == batch_size or size != batch_image_size):
+            yield batch
+            batch = []
+        batch.append(name)
+        batch_image_size = size
+    if batch:
+        yield batch
+
+
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Hugging Face Hub offline mode for the duration: ``from_pretrained`` calls inside a third-party package (BLIP's
+    ``bert-base-uncased`` tokenizer in ImageReward) read the local cache and never download."""
+    import huggingface_hub.constants as hub_constants
+
+    saved_env, saved_flag = os.environ.get("HF_HUB_OFFLINE"), hub_constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved_flag
+        if saved_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved_env
+
+
+class ImageRewardScorer:
+    """ImageReward-v1.0 (Xu et al., NeurIPS 2023), the paper's human-preference score, from local files only.
+
+    The ``image-reward`` package provides the model; it is built with ``med_config`` (BLIP's text-encoder config),
+    given the weights of ``checkpoint`` and scores one (prompt, image file) at a time.
+    """
+
+    def __init__(self, checkpoint: Path, med_config: Path, device: torch.device) -> None:
+        try:
+            module = importlib.import_module("ImageReward.ImageReward")
+        except ImportError as exc:
+            raise CheckpointError(
+                f"ImageReward skipped: the image-reward package is not installed ({exc}); pip install image-reward"
+            ) from exc
+        for path, url in ((checkpoint, IMAGE_REWARD_URL), (med_config, MED_CONFIG_URL)):
+            if not path.is_file():
+                raise CheckpointError(
+                    f"ImageReward skipped: {path.absolute()} not found; download {url} there (or point "
+                    f"--image-reward / ${IMAGE_REWARD_ENV} at ImageReward.pt, with med_config.json beside it)"
+                )
+        try:
+            with hub_offline():
+                model = module.ImageReward(med_config=str(med_config), device=device)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"ImageReward skipped: its BLIP text encoder could not be built offline ({exc}); it needs the "
+                "bert-base-uncased tokenizer in the Hugging Face cache (huggingface-cli download bert-base-uncased)"
+            ) from exc
+        result = model.load_state_dict(read_state_dict(checkpoint), strict=False)
+        parameters = dict(model.named_parameters())
+        missing = [key for key in result.missing_keys if key in parameters]
+        if missing:
+            raise CheckpointError(
+                f"ImageReward skipped: {checkpoint} lacks {len(missing)} of the model's parameters "
+                f"(e.g. {missing[0]}); it is not ImageReward.pt"
+            )
+        self.model = model.to(device).eval()
+        self.checkpoint = checkpoint
+
+    def __call__(self, prompt: str, image_path: Path) -> float:
+        with torch.no_grad():
+            return float(self.model.score(prompt, str(image_path)))
+
+
+def load_image_reward(args: argparse.Namespace, device: torch.device) -> ImageRewardScorer | None:
+    chosen = args.image_reward or os.environ.get(IMAGE_REWARD_ENV)
+    checkpoint = Path(chosen or DEFAULT_IMAGE_REWARD).expanduser()
+    if not chosen and not checkpoint.is_file():
+        warn(
+            f"ImageReward skipped (null): no --image-reward, ${IMAGE_REWARD_ENV} or {DEFAULT_IMAGE_REWARD}; it needs "
+            f"pip install image-reward and {IMAGE_REWARD_URL} with {MED_CONFIG_URL} beside it"
+        )
+        return None
+    med_config = Path(args.image_reward_med_config or checkpoint.with_name("med_config.json")).expanduser()
+    try:
+        return ImageRewardScorer(checkpoint, med_config, device)
+    except CheckpointError as err:
+        warn(str(err))
+        return None
+
+
+def load_clip(args: argparse.Namespace, device: torch.device) -> ClipScorer | None:
+    try:
+        return ClipScorer(resolve_clip_model(args.clip_model), device)
+    except CheckpointError as err:
+        warn(f"CLIP score skipped (null): {err}")
+        return None
+
+
+def load_lpips_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module | None:
+    try:
+        return load_lpips(args.lpips_weights, args.lpips_net, device)
+    except CheckpointError as err:
+        warn(f"LPIPS skipped (null), PSNR and SSIM still run: {err}")
+        return None
+
+
+@dataclass
+class Scorers:
+    """Everything that scores images; text metrics are None when their model or the prompts are missing."""
+
+    paired: PairedImageMetrics
+    clip: ClipScorer | None
+    image_reward: ImageRewardScorer | None
+    prompts: dict[str, str] | None
+
+
+def score_candidate(
+    reference_dir: Path,
+    candidate_dir: Path,
+    names: Sequence[str],
+    sizes: Sequence[tuple[int, int]],
+    scorers: Scorers,
+    reference_cache: dict[str, dict[str, float | None]],
+    batch_size: int,
+    progress: bool,
+) -> list[dict[str, object]]:
+    """Per-image records of one candidate folder; the reference's own scores are computed once per image across
+    candidates and kept in ``reference_cache``."""
+    records = []
+    with tqdm(total=len(names), desc=candidate_dir.name, unit="img", disable=not progress) as bar:
+        for batch in batches(names, sizes, batch_size):
+            reference = torch.stack([load_image(reference_dir / name) for name in batch])
+            candidate = torch.stack([load_image(candidate_dir / name) for name in batch])
+            paired = scorers.paired(reference, candidate)
+            prompts = [scorers.prompts[name] for name in batch] if scorers.prompts is not None else None
+            clip = scorers.clip(candidate, prompts).tolist() if scorers.clip and prompts else [None] * len(batch)
+            todo = [i for i, name in enumerate(batch) if name not in reference_cache]
+            reference_clip = (
+                scorers.clip(reference[todo], [prompts[i] for i in todo]).tolist()
+                if scorers.clip and prompts and todo
+                else [None] * len(todo)
+            )
+            for i, value in zip(todo, reference_clip, strict=True):
+                name = batch[i]
+                reward = scorers.image_reward(prompts[i], reference_dir / name) if scorers.image_reward else None
+                reference_cache[name] = {"clip_score": value, "image_reward": reward}
+            for i, name in enumerate(batch):
+                reward = scorers.image_reward(prompts[i], candidate_dir / name) if scorers.image_reward else None
+                records.append(
+                    {
+                        "file": name,
+                        **{metric: float(values[i]) for metric, values in paired.items()},
+                        "clip_score": clip[i],
+                        "reference_clip_score": reference_cache[name]["clip_score"],
+                        "image_reward": reward,
+                        "reference_image_reward": reference_cache[name]["image_reward"],
+                    }
+                )
+            bar.update(len(batch))
+    return records
+
+
+def summarize(records: Sequence[dict[str, object]]) -> dict[str, float | None]:
+    """Means over the pairs of every per-image value (None for a metric that was not computed)."""
+    return {key: mean_or_none(record.get(key) for record in records) for key in PER_IMAGE_KEYS}
+
+
+def default_output(candidate_dir: str) -> Path:
+    """``samples/run/`` -> ``samples/run-quality.json``."""
+    path = Path(candidate_dir).expanduser()
+    return path.parent / f"{path.name}-quality.json"
+
+
+def table(record: dict) -> str:
+    """The paper's layout: the reference's ImageReward and CLIP first, then one row per candidate."""
+    reference = record["reference"]
+    rows = [
+        [f"reference: {Path(record['reference_dir']).name}", str(reference["num_images"])]
+        + [format_value(reference.get(key), digits) for key, _, digits in TABLE_COLUMNS]
+    ]
+    for candidate in record["candidates"]:
+        name = Path(candidate["candidate_dir"]).name
+        rows.append(
+            [name, str(candidate["num_pairs"])] + [format_value(candidate[key], d) for key, _, d in TABLE_COLUMNS]
+        )
+    return markdown_table(["run", "pairs", *(title for _, title, _ in TABLE_COLUMNS)], rows)
+
+
+def listed(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:MAX_LISTED])
+    return shown + (f" ... and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    reference_dir = existing_dir(args.reference_dir, "reference")
+    candidate_dirs = [existing_dir(folder, "candidate") for folder in args.candidate_dir]
+    pairings, sizes = [], []
+    for folder in candidate_dirs:
+        pairs = pair_files(reference_dir, folder, IMAGE_SUFFIXES)
+        if not pairs.names:
+            raise InputError(
+                f"no image pairs: {folder} and {reference_dir} share no file name "
+                f"({len(pairs.only_candidate)} vs {len(pairs.only_reference)} images)"
+            )
+        pairings.append(pairs)
+        # Checked before any model is loaded, so that bad input fails in seconds.
+        sizes.append(check_sizes(reference_dir, folder, pairs.names))
+    prompts, prompt_source = collect_prompts(args.prompt_file, [reference_dir, *candidate_dirs])
+    device = resolve_device(args.device)
+
+    unprompted = sorted({name for pairs in pairings for name in pairs.names} - set(prompts or ()))
+    clip = image_reward = None
+    if prompts is None:
+        warn(f"CLIP score and ImageReward skipped (null): no --prompt-file and no {METADATA_FILE} in the folders")
+    elif unprompted:
+        warn(f"CLIP score and ImageReward skipped (null): no prompt for {listed(unprompted)}")
+        prompts = None
+    else:
+        clip, image_reward = load_clip(args, device), load_image_reward(args, device)
+    scorers = Scorers(PairedImageMetrics(load_lpips_model(args, device), device), clip, image_reward, prompts)
+
+    reference_cache: dict[str, dict[str, float | None]] = {}
+    candidates = []
+    for folder, pairs, pair_sizes in zip(candidate_dirs, pairings, sizes, strict=True):
+        for side, names in (("reference", pairs.only_reference), ("candidate", pairs.only_candidate)):
+            if names:
+                warn(f"{folder}: {len(names)} image(s) only in the {side} folder, not scored: {listed(names)}")
+        records = score_candidate(
+            reference_dir, folder, pairs.names, pair_sizes, scorers, reference_cache, args.batch_size, args.progress
+        )
+        candidates.append(
+            {
+                "candidate_dir": str(folder),
+                "num_pairs": len(records),
+                **summarize(records),
+                "only_in_reference": pairs.only_reference,
+                "only_in_candidate": pairs.only_candidate,
+                "per_image": records,
+            }
+        )
+    record = {
+        "reference_dir": str(reference_dir),
+        "prompts": prompt_source,
+        "settings": {
+            "lpips_net": args.lpips_net if scorers.paired.lpips_model is not None else None,
+            "clip_model": str(clip.model_dir) if clip else None,
+            "image_reward": str(image_reward.checkpoint) if image_reward else None,
+            "psnr_cap_db": PSNR_CAP_DB,
+        },
+        "reference": {
+            "num_images": len(reference_cache),
+            "clip_score": mean_or_none(values["clip_score"] for values in reference_cache.values()),
+            "image_reward": mean_or_none(values["image_reward"] for values in reference_cache.values()),
+        },
+        "candidates": candidates,
+    }
+    output = Path(args.output).expanduser() if args.output else default_output(args.candidate_dir[0])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    markdown = table(record)
+    output.with_suffix(".md").write_text(markdown + "\n")
+    print(markdown)
+    print(f"saved {output} and {output.with_suffix('.md')}")
+    return record
+
+
+if __name__ == "__main__":
+    arguments = build_parser().parse_args()
+    try:
+        main(arguments)
+    except ValueError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2)

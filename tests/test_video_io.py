@@ -1,0 +1,79 @@
+"""common/video_io.py: mp4 round trips (near-lossless mode within 2 levels), atomic writes and readable errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from common import video_io
+from common.video_io import read_video, video_to_uint8_frames, write_video
+
+
+def frames(t: int = 5, h: int = 32, w: int = 48, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (t, h, w, 3), dtype=np.uint8)
+
+
+def test_near_lossless_round_trip_is_within_two_levels(tmp_path):
+    original = frames()
+    path = write_video(tmp_path / "clip.mp4", original, fps=8, quality=None)
+    decoded = read_video(path)
+    assert decoded.shape == original.shape and decoded.dtype == np.uint8
+    assert np.abs(decoded.astype(int) - original.astype(int)).max() <= 2
+
+
+def test_default_quality_keeps_the_shape(tmp_path):
+    original = frames(t=3, h=16, w=24)
+    assert read_video(write_video(tmp_path / "clip.mp4", original)).shape == original.shape
+
+
+def test_interrupted_write_leaves_no_file_under_the_target_name(tmp_path, monkeypatch):
+    target = tmp_path / "clip.mp4"
+    first = frames(seed=1)
+    write_video(target, first, quality=None)
+    before = read_video(target)
+    real_get_writer = video_io.imageio.get_writer
+
+    class FailingWriter:
+        """The real writer, failing at the second frame as a killed job would."""
+
+        def __init__(self, *args, **kwargs):
+            self.writer = real_get_writer(*args, **kwargs)
+            self.count = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.writer.close()
+
+        def append_data(self, frame):
+            self.count += 1
+            if self.count == 2:
+                raise RuntimeError("interrupted")
+            self.writer.append_data(frame)
+
+    monkeypatch.setattr(video_io.imageio, "get_writer", FailingWriter)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        write_video(target, frames(seed=2), quality=None)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        write_video(tmp_path / "new.mp4", frames(seed=2), quality=None)
+    # The finished video is untouched, no truncated video took a real name, and the temporaries are removed.
+    assert np.array_equal(read_video(target), before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+def test_missing_file_and_bad_frames_are_readable_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="video not found"):
+        read_video(tmp_path / "missing.mp4")
+    with pytest.raises(ValueError, match=r"\(T, H, W, 3\)"):
+        write_video(tmp_path / "bad.mp4", frames().astype(np.float32))
+    with pytest.raises(ValueError, match=r"\(T, H, W, 3\)"):
+        write_video(tmp_path / "bad.mp4", frames()[..., :1])
+
+
+def test_video_to_uint8_frames_maps_minus_one_to_one_onto_0_to_255():
+    video = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0]).view(1, 5, 1, 1).expand(3, 5, 2, 2)  # (C, T, H, W)
+    out = video_to_uint8_frames(video)
+    assert out.shape == (5, 2, 2, 3) and out.dtype == np.uint8
+    assert out[:, 0, 0, 0].tolist() == [0, 0, 128, 255, 255]
+    with pytest.raises(ValueError, match=r"\(C, T, H, W\)"):
+        video_to_uint8_frames(torch.zeros(3, 2, 2))
