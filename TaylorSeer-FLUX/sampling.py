@@ -166,7 +166,7 @@ def denoise(
     if cache is not None:
         cache.reset()
     pairs = list(zip(timesteps[:-1], timesteps[1:], strict=True))
-    for i, (t_curr, t_prev) in enumerate(tqdm(pairs, disable=not progress, desc="FLUX")):
+    for i, (t_curr, t_prev) in enumerate(tqdm(pairs, disable=not progress, desc="FLUX steps", leave=False)):
         if on_step is not None:
             on_step(i, t_curr)
         if cache is not None:

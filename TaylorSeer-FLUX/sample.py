@@ -1,0 +1,532 @@
+"""Generate images from text prompts with FLUX.1 and TaylorSeer feature forecasting.
+
+    python TaylorSeer-FLUX/sample.py --prompt "a red fox in the snow" --ckpt-dir pretrained_models/FLUX.1-dev
+    python TaylorSeer-FLUX/sample.py --prompt-file prompts.txt --num-images-per-prompt 4 --output-dir samples/flux
+    torchrun --nproc_per_node=8 TaylorSeer-FLUX/sample.py --prompt-file prompts.txt --output-dir samples/flux
+    python TaylorSeer-FLUX/sample.py --model-name flux-schnell --ckpt-dir pretrained_models/FLUX.1-schnell
+    python TaylorSeer-FLUX/sample.py --interval 1 --output-dir samples/flux-full      # the uncached model
+    python TaylorSeer-FLUX/sample.py --test-FLOPs --interval 6                         # needs no weights
+
+Image k (k = prompt_index * num_images_per_prompt + j) is drawn from its own seed, --seed + k, so it does not depend
+on the batch size or the number of processes. Each image is written atomically as {output-dir}/{k:05d}.png as soon
+as its batch is done, and {output-dir}/metadata.jsonl records the settings of every index (prompt, seed, size, steps,
+guidance, TaylorSeer config). Rerunning the same command skips the indices whose PNG exists; a rerun whose settings
+differ from the recorded ones for an existing PNG is refused. Under torchrun the pending indices are split across the
+processes (gloo on CPU, NCCL on CUDA), each writing its own files.
+
+Weights: see taylorseer_flux/weights.py (a local black-forest-labs/FLUX.1-dev folder, or FLUX_DEV / FLUX_SCHNELL /
+AE / FLUX_T5 / FLUX_CLIP); nothing is ever downloaded. The TaylorSeer defaults are the paper's FLUX setting
+(N=6, O=2, E=3) with the reference's discarded step-0 feature (--derivative-start-step 2); --interval 1 runs the
+plain model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from PIL import Image
+from tqdm import tqdm
+
+from common.checkpoint import CheckpointError
+from common.cli import add_taylorseer_args, taylorseer_config_from_args
+from common.images import to_uint8
+from common.taylor_cache import TaylorSeerConfig, full_step_indices
+from taylorseer_flux.flops import flux_flops_report
+from taylorseer_flux.model import FLUX_PRESETS, FluxParams
+from taylorseer_flux.pipeline import IMAGE_MULTIPLE, FluxImages, FluxTextToImage
+from taylorseer_flux.text_encoders import T5_MAX_LENGTH
+from taylorseer_flux.weights import (
+    FLUX_MODELS,
+    default_ckpt_dir,
+    find_flux_weights,
+    load_flux_components,
+    transformer_params,
+)
+
+# BFL's flux.cli default prompt.
+DEFAULT_PROMPT = (
+    'a photo of a forest with mist swirling around the tree trunks. The word "FLUX" is painted over it in big, red '
+    "brush strokes with visible texture"
+)
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# Sizes the published models were trained around; smaller custom (test) transformers accept down to one patch.
+PUBLISHED_SIZE_RANGE = (256, 2048)
+CUSTOM_SIZE_RANGE = (IMAGE_MULTIPLE, 2048)
+METADATA = "metadata.jsonl"
+TEMP_SUFFIX = ".tmp"
+# Recorded for information only: moving the weights does not change the images.
+UNCOMPARED_FIELDS = ("index", "file", "weights")
+# Ranks wait at the final barrier for the slowest one.
+BARRIER_TIMEOUT = datetime.timedelta(hours=24)
+
+
+class UsageError(Exception):
+    """A setting that cannot work with these weights or this output folder; the message says how to fix it."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every flag's default in its help, and the module docstring's usage lines kept as written."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    prompts = parser.add_mutually_exclusive_group()
+    prompts.add_argument("--prompt", default=None, help=f"one prompt; None = BFL's example prompt: {DEFAULT_PROMPT}")
+    prompts.add_argument("--prompt-file", default=None, help="text file, one prompt per line (blank lines ignored)")
+    parser.add_argument(
+        "--model-name", choices=list(FLUX_MODELS), default="flux-dev", help="published model: defaults and weights"
+    )
+    parser.add_argument(
+        "--ckpt-dir",
+        default=None,
+        help="local copy of black-forest-labs/FLUX.1-dev (or -schnell); None = "
+        f"{default_ckpt_dir('flux-dev')} (or {default_ckpt_dir('flux-schnell')})",
+    )
+    size_help = f"in pixels, a multiple of {IMAGE_MULTIPLE} ({PUBLISHED_SIZE_RANGE[0]}..{PUBLISHED_SIZE_RANGE[1]})"
+    parser.add_argument("--width", type=int, default=1024, help=f"image width {size_help}")
+    parser.add_argument("--height", type=int, default=1024, help=f"image height {size_help}")
+    parser.add_argument("--num-steps", type=int, default=None, help="sampling steps; None = 50 for dev, 4 for schnell")
+    parser.add_argument("--guidance", type=float, default=3.5, help="distilled guidance scale (dev; schnell has none)")
+    parser.add_argument(
+        "--max-sequence-length",
+        type=int,
+        default=None,
+        help=f"T5 tokens per prompt (at most {T5_MAX_LENGTH}); None = 512 for dev, 256 for schnell",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="image k is drawn from seed + k")
+    parser.add_argument("--num-images-per-prompt", type=int, default=1, help="images per prompt, seeds consecutive")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass on each process")
+    parser.add_argument("--output-dir", default="samples/flux", help="folder of the PNGs and metadata.jsonl")
+    parser.add_argument(
+        "--device", default=None, help="torch device; None = cuda:LOCAL_RANK if CUDA is available, else cpu"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", *DTYPES],
+        default="auto",
+        help="dtype of every component; auto = bfloat16 on CUDA, float32 on CPU",
+    )
+    parser.add_argument(
+        "--offload",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="keep the components on the CPU and move each to the device only while it runs (one at a time)",
+    )
+    parser.add_argument(
+        "--test-FLOPs",
+        action="store_true",
+        help="print baseline and TaylorSeer FLOPs for these settings and exit (needs no weights)",
+    )
+    add_taylorseer_args(parser, interval=6, max_order=2, first_enhance=3, derivative_start_step=2)
+    return parser
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """The non-blank lines of a prompt file, stripped."""
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def nearest_multiples(value: int, multiple: int = IMAGE_MULTIPLE) -> str:
+    below = max(multiple, value // multiple * multiple)
+    above = below + multiple if below < value else below
+    return f"{below}" if below == above else f"{below} or {above}"
+
+
+def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TaylorSeerConfig:
+    """Fill the model's defaults into unset flags, read the prompts, exit through ``parser.error`` on a bad flag."""
+    config = taylorseer_config_from_args(args, parser)
+    spec = FLUX_MODELS[args.model_name]
+    if args.num_steps is None:
+        args.num_steps = spec.num_steps
+    if args.max_sequence_length is None:
+        args.max_sequence_length = spec.max_sequence_length
+    for name in ("width", "height"):
+        value = getattr(args, name)
+        if value <= 0 or value % IMAGE_MULTIPLE:
+            parser.error(
+                f"--{name} {value} is not a positive multiple of {IMAGE_MULTIPLE} (8x autoencoder, 2x2 patches): "
+                f"use --{name} {nearest_multiples(max(value, 1))}"
+            )
+    for flag, value, minimum in (
+        ("--num-steps", args.num_steps, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--num-images-per-prompt", args.num_images_per_prompt, 1),
+        ("--seed", args.seed, 0),
+        ("--max-sequence-length", args.max_sequence_length, 1),
+    ):
+        if value < minimum:
+            parser.error(f"{flag} must be >= {minimum}, got {value}")
+    if args.max_sequence_length > T5_MAX_LENGTH:
+        parser.error(f"--max-sequence-length must be <= {T5_MAX_LENGTH}, got {args.max_sequence_length}")
+    args.prompts = _prompts(args, parser)
+    return config
+
+
+def _prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    if args.prompt_file is None:
+        prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt.strip()
+        if not prompt:
+            parser.error("--prompt is empty")
+        return [prompt]
+    path = Path(args.prompt_file)
+    if not path.is_file():
+        parser.error(f"--prompt-file {path.absolute()} does not exist (or is not a file)")
+    prompts = read_prompts(path)
+    if not prompts:
+        parser.error(f"--prompt-file {path.absolute()} holds no prompts: write one prompt per line")
+    return prompts
+
+
+def check_image_size(width: int, height: int, params: FluxParams) -> None:
+    """Refuse sizes outside the range the architecture makes sense for: 256..2048 pixels for the published models."""
+    published = params in (FLUX_PRESETS["flux-dev"], FLUX_PRESETS["flux-schnell"])
+    low, high = PUBLISHED_SIZE_RANGE if published else CUSTOM_SIZE_RANGE
+    for name, value in (("width", width), ("height", height)):
+        if not low <= value <= high:
+            fix = low if value < low else high
+            raise UsageError(
+                f"--{name} {value} is outside {low}..{high} pixels, the range FLUX.1 works in: use --{name} {fix} "
+                "(or another multiple of 16 in range)"
+            )
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+# FLOPs.
+
+
+def print_flops(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
+    """FLOPs of one image under these settings, counted on the meta device (no weights, no memory)."""
+    spec = FLUX_MODELS[args.model_name]
+    check_image_size(args.width, args.height, FLUX_PRESETS[spec.preset])
+    report = flux_flops_report(
+        spec.preset, args.width, args.height, args.max_sequence_length, args.num_steps, config, batch=1
+    )
+    print(
+        f"{args.model_name}, {args.width}x{args.height}, {args.max_sequence_length} text tokens, {args.num_steps} "
+        f"steps, N={config.interval} O={config.max_order} E={config.first_enhance}; per image, convention "
+        f"'{report.convention}' (every matmul of the transformer as 2 x MACs)"
+    )
+    print(f"  full step:      {report.full_step_flops / 1e12:12.4f} TFLOPs")
+    print(f"  forecast step:  {report.forecast_step_flops / 1e12:12.4f} TFLOPs")
+    print(f"  baseline:       {report.baseline_flops / 1e12:12.4f} TFLOPs ({args.num_steps} full steps)")
+    print(
+        f"  TaylorSeer:     {report.flops / 1e12:12.4f} TFLOPs ({report.num_full_steps} full + "
+        f"{report.num_forecast_steps} forecast steps)"
+    )
+    print(f"  speedup:        {report.speedup:12.3f}x")
+    extra = {
+        "model": args.model_name,
+        "width": args.width,
+        "height": args.height,
+        "text_len": args.max_sequence_length,
+        "num_steps": args.num_steps,
+    }
+    print(report.json_line(**extra))
+    return {**report.as_dict(), **extra}
+
+
+# Distribution of the work.
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job; ``initialized`` is False for a plain single process."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    initialized: bool
+
+    def barrier(self) -> None:
+        if self.initialized:
+            dist.barrier()
+
+
+def setup_distributed(device_arg: str | None) -> Distributed:
+    """Join torchrun's process group (NCCL on CUDA, gloo on CPU); without torchrun's variables, one plain process."""
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    local_rank = int(os.environ.get("LOCAL_RANK", 0)) if launched else 0
+    if device_arg is None:
+        device_arg = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_arg)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    if not launched:
+        return Distributed(rank=0, world_size=1, device=device, initialized=False)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=BARRIER_TIMEOUT)
+    return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, initialized=True)
+
+
+# The images of a run.
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    index: int
+    prompt_index: int
+    image_in_prompt: int
+    prompt: str
+    seed: int
+
+
+def plan_images(prompts: list[str], num_images_per_prompt: int, seed: int) -> list[ImageJob]:
+    """Every image of the run: index k = prompt_index * num_images_per_prompt + j, seeded with seed + k."""
+    jobs = []
+    for p, prompt in enumerate(prompts):
+        for j in range(num_images_per_prompt):
+            index = p * num_images_per_prompt + j
+            jobs.append(ImageJob(index, p, j, prompt, seed + index))
+    return jobs
+
+
+def png_path(folder: Path, index: int) -> Path:
+    return folder / f"{index:05d}.png"
+
+
+def image_record(job: ImageJob, settings: dict) -> dict:
+    """One line of metadata.jsonl: everything that determines image ``job.index``."""
+    return {"index": job.index, "file": png_path(Path(), job.index).name, "prompt_index": job.prompt_index,
+            "image_in_prompt": job.image_in_prompt, "prompt": job.prompt, "seed": job.seed, **settings}  # fmt: skip
+
+
+def run_settings(
+    args: argparse.Namespace, config: TaylorSeerConfig, params: FluxParams, dtype: torch.dtype, device: torch.device
+) -> dict:
+    """The settings shared by every image of the run."""
+    taylorseer = None if config.is_uncached else {**asdict(config), "factor_dtype": args.factor_dtype}
+    return {
+        "model_name": args.model_name,
+        "width": args.width,
+        "height": args.height,
+        "num_steps": args.num_steps,
+        "guidance": args.guidance if params.guidance_embed else None,
+        "max_sequence_length": args.max_sequence_length,
+        "dtype": str(dtype).removeprefix("torch."),
+        # The noise generator lives on the device, so CPU and CUDA runs draw different noise from the same seed.
+        "noise_device": device.type,
+        "taylorseer": taylorseer,
+    }
+
+
+def read_metadata(folder: Path) -> dict[int, dict]:
+    path = folder / METADATA
+    if not path.is_file():
+        return {}
+    records = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return {record["index"]: record for record in records}
+
+
+def check_consistent(folder: Path, existing: dict[int, dict], planned: dict[int, dict]) -> None:
+    """Refuse to resume into a folder whose existing PNGs were made with other settings than this run's."""
+    conflicts = []
+    for index, record in planned.items():
+        old = existing.get(index)
+        if old is None or not png_path(folder, index).exists():
+            continue
+        differing = sorted(k for k in record if k not in UNCOMPARED_FIELDS and old.get(k) != record[k])
+        if differing:
+            conflicts.append(
+                f"  {png_path(folder, index).name}: "
+                + ", ".join(f"{k} {old.get(k)!r} -> {record[k]!r}" for k in differing)
+            )
+    if conflicts:
+        shown = conflicts[:5] + ([f"  ... and {len(conflicts) - 5} more"] if len(conflicts) > 5 else [])
+        raise UsageError(
+            f"{folder.absolute()} holds images made with other settings than this run's "
+            f"({len(conflicts)} conflicting indices, per {METADATA}):\n" + "\n".join(shown) + "\n"
+            "Use another --output-dir, or delete those PNGs to regenerate them."
+        )
+
+
+def write_atomic(path: Path, write) -> None:
+    """``write(temp_path)`` then rename: a killed run never leaves a partial file under the final name."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+    write(temp)
+    os.replace(temp, path)
+
+
+def write_metadata(folder: Path, records: dict[int, dict]) -> None:
+    lines = "".join(json.dumps(records[index]) + "\n" for index in sorted(records))
+    write_atomic(folder / METADATA, lambda temp: temp.write_text(lines, encoding="utf-8"))
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    """(3, H, W) in [-1, 1] -> an RGB PNG, written atomically."""
+    array = to_uint8(image[None])[0].permute(1, 2, 0).numpy()
+    write_atomic(path, lambda temp: Image.fromarray(array).save(temp, format="PNG"))
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Temporary files a killed run left behind (rank 0, before any process writes)."""
+    for temp in folder.glob(f".*{TEMP_SUFFIX}"):
+        temp.unlink(missing_ok=True)
+
+
+@dataclass
+class RankStats:
+    """What one process generated; step counts are those of one sampling trajectory."""
+
+    written: int = 0
+    seconds: float = 0.0
+    denoise_seconds: float = 0.0
+    full_steps: int | None = None
+    forecast_steps: int | None = None
+    files: list[str] = field(default_factory=list)
+
+    def add(self, result: FluxImages, files: list[str]) -> None:
+        self.written += len(files)
+        self.seconds += result.seconds
+        self.denoise_seconds += result.denoise_seconds
+        self.full_steps, self.forecast_steps = result.num_full_steps, result.num_forecast_steps
+        self.files += files
+
+
+def generate(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distributed) -> dict:
+    """Check everything cheap first (weights present, sizes, output folder), then load and sample this rank's share."""
+    spec = FLUX_MODELS[args.model_name]
+    weights = find_flux_weights(args.model_name, args.ckpt_dir)
+    params = transformer_params(weights.transformer, args.model_name)
+    check_image_size(args.width, args.height, params)
+    dtype = resolve_dtype(args.dtype, setup.device)
+    folder = Path(args.output_dir)
+
+    settings = run_settings(args, config, params, dtype, setup.device)
+    settings["weights"] = {"transformer": str(weights.transformer), "autoencoder": str(weights.autoencoder)}
+    jobs = plan_images(args.prompts, args.num_images_per_prompt, args.seed)
+    planned = {job.index: image_record(job, settings) for job in jobs}
+    existing = read_metadata(folder)
+    check_consistent(folder, existing, planned)
+    pending = [job for job in jobs if not png_path(folder, job.index).exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    if setup.rank == 0:
+        remove_stale_temps(folder)
+    setup.barrier()  # every process has listed the existing PNGs before any new one is written
+    if setup.rank == 0:
+        write_metadata(folder, {**existing, **planned})
+
+    # Global batches of consecutive pending indices, dealt round-robin: the same batches whatever the process count.
+    batches = [pending[i : i + args.batch_size] for i in range(0, len(pending), args.batch_size)]
+    mine = batches[setup.rank :: setup.world_size]
+    stats = RankStats()
+    if mine:
+        components = load_flux_components(weights, params, dtype=dtype, max_sequence_length=args.max_sequence_length)
+        pipe = FluxTextToImage(components, shift=spec.shift, device=setup.device, offload=args.offload)
+        sample_batches(pipe, mine, args, None if config.is_uncached else config, folder, stats, setup.rank == 0)
+    setup.barrier()
+    all_stats = [stats]
+    if setup.initialized:
+        all_stats = [None] * setup.world_size
+        dist.all_gather_object(all_stats, stats)
+    if setup.rank != 0:
+        return asdict(stats)
+    return report(args, config, folder, all_stats, len(jobs) - len(pending), setup.world_size)
+
+
+def sample_batches(
+    pipe: FluxTextToImage,
+    batches: list[list[ImageJob]],
+    args: argparse.Namespace,
+    config: TaylorSeerConfig | None,
+    folder: Path,
+    stats: RankStats,
+    show_progress: bool,
+) -> None:
+    with tqdm(total=sum(map(len, batches)), desc="images", unit="img", disable=not show_progress) as bar:
+        for batch in batches:
+            result = pipe(
+                [job.prompt for job in batch],
+                [job.seed for job in batch],
+                width=args.width,
+                height=args.height,
+                num_steps=args.num_steps,
+                guidance=args.guidance,
+                config=config,
+                progress=show_progress,
+            )
+            files = []
+            for job, image in zip(batch, result.images, strict=True):
+                path = png_path(folder, job.index)
+                save_png(image, path)
+                files.append(path.name)
+            stats.add(result, files)
+            bar.update(len(batch))
+
+
+def report(
+    args: argparse.Namespace,
+    config: TaylorSeerConfig,
+    folder: Path,
+    all_stats: list[RankStats],
+    skipped: int,
+    world_size: int,
+) -> dict:
+    """Rank 0's summary of the whole run: images, wall time per image, TaylorSeer's step counts."""
+    written = sum(s.written for s in all_stats)
+    seconds = sum(s.seconds for s in all_stats)
+    denoise_seconds = sum(s.denoise_seconds for s in all_stats)
+    full = len(full_step_indices(args.num_steps, config))
+    summary = {
+        "output_dir": str(folder),
+        "metadata": str(folder / METADATA),
+        "written": written,
+        "skipped": skipped,
+        "world_size": world_size,
+        "seconds_per_image": seconds / written if written else None,
+        "denoise_seconds_per_image": denoise_seconds / written if written else None,
+        "full_steps": full,
+        "forecast_steps": args.num_steps - full,
+        "files": sorted(f for s in all_stats for f in s.files),
+    }
+    print(
+        f"wrote {written} images to {folder}/ on {world_size} process(es); skipped {skipped} whose PNG already existed"
+    )
+    if written:
+        print(
+            f"wall time per image: {summary['seconds_per_image']:.3f} s (sampling loop "
+            f"{summary['denoise_seconds_per_image']:.3f} s; text encoding and decoding included in the total)"
+        )
+    method = "plain model" if config.is_uncached else f"TaylorSeer N={config.interval} O={config.max_order}"
+    print(f"{method}: {full} full + {args.num_steps - full} forecast steps of {args.num_steps}")
+    print(json.dumps({k: v for k, v in summary.items() if k != "files"}))
+    return summary
+
+
+def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
+    """Generate (on this process: one rank of a torchrun job, or alone) or count FLOPs; returns the summary."""
+    if args.test_FLOPs:
+        return print_flops(args, config)
+    setup = setup_distributed(args.device)
+    try:
+        return generate(args, config, setup)
+    finally:
+        if setup.initialized:
+            dist.destroy_process_group()
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    """Parse, validate and run; a missing file or unusable setting ends in one ``error:`` message and exit code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = check_args(args, parser)
+    try:
+        return main(args, config)
+    except (CheckpointError, UsageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    cli()
