@@ -1,0 +1,465 @@
+"""Text-to-video with HunyuanVideo and TaylorSeer: upstream's sample_video.py flags plus VBench batch sampling.
+
+    # the TaylorSeer paper's setting (N=5, O=1, E=1 are the defaults; --interval 1 is the uncached model)
+    python TaylorSeer-HunyuanVideo/sample_video.py --prompt "A cat walks on the grass, realistic" \\
+        --video-size 480 640 --video-length 65 --infer-steps 50 --seed 42 --flow-reverse --use-cpu-offload
+    # FLOPs of that run, no weights needed
+    python TaylorSeer-HunyuanVideo/sample_video.py --video-size 480 640 --video-length 65 --test-FLOPs
+    # VBench: 5 videos per prompt named "{prompt}-{k}.mp4", split over 8 GPUs, resumable
+    torchrun --nproc_per_node=8 TaylorSeer-HunyuanVideo/sample_video.py --prompt-json VBench_full_info.json \\
+        --video-size 480 640 --video-length 65 --save-path vbench_videos
+
+Weights are read from --model-base (upstream ckpts/ layout or the diffusers layout of
+hunyuanvideo-community/HunyuanVideo; see weights.py) and never downloaded: a missing component ends the run with one
+message listing each expected path. With --prompt, --num-videos videos use seeds seed, seed+1, ... and are saved as
+{save-path}/seed{seed}_{prompt}.mp4 (overwritten). With --prompt-json (VBench's full-info JSON: a list of objects
+with "prompt_en"), prompts index-start (inclusive) to index-end (exclusive) each get --num-videos-per-prompt videos
+with seeds seed .. seed+k-1, saved as {save-path}/{prompt}-{k}.mp4, VBench's naming; videos already there are
+skipped, and every mp4 is written under a temporary name and renamed, so an interrupted run leaves no partial video
+and a rerun resumes. Under torchrun the pending videos are split over the ranks (gloo on CPU, NCCL on GPU).
+A "/" in a prompt becomes "_" in its file name, so that no prompt can name a sub-folder or a path outside
+--save-path (VBench's lookup cannot match such a prompt either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from common.checkpoint import CheckpointError
+from common.cli import add_taylorseer_args, taylorseer_config_from_args
+from common.taylor_cache import TaylorCache, TaylorSeerConfig
+from common.video_io import video_to_uint8_frames, write_video
+from taylorseer_hunyuanvideo.flops import hunyuan_flops_report
+from taylorseer_hunyuanvideo.model import HUNYUAN_VIDEO_PRESETS
+from taylorseer_hunyuanvideo.pipeline import HunyuanVideoPipeline, check_video_size
+from taylorseer_hunyuanvideo.weights import (
+    PRECISIONS,
+    check_model_files,
+    default_model_base,
+    find_model_files,
+    load_components,
+)
+
+# Ranks wait at the final barrier for the slowest one, which may have hours of videos left.
+BARRIER_TIMEOUT = datetime.timedelta(hours=24)
+MAX_FILE_NAME_BYTES = 255
+SINGLE_PROMPT_NAME_CHARS = 100
+"""Upstream names single-prompt videos after the first 100 characters of the prompt."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every flag's default in its help, and the module docstring's usage lines kept as written."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    prompts = parser.add_argument_group("prompts")
+    prompts.add_argument("--prompt", help="text prompt of the video(s); or use --prompt-json")
+    prompts.add_argument("--neg-prompt", help="negative prompt for --cfg-scale > 1; None = upstream's default one")
+    prompts.add_argument("--num-videos", type=int, default=1, help="videos of --prompt, seeds seed, seed+1, ...")
+    prompts.add_argument(
+        "--prompt-json", type=Path, help='VBench full-info JSON (a list of {"prompt_en": ...}): VBench batch mode'
+    )
+    prompts.add_argument(
+        "--index-start", type=int, default=0, help="first prompt of --prompt-json (inclusive, 0-based)"
+    )
+    prompts.add_argument(
+        "--index-end", type=int, help="end of the prompt range of --prompt-json (exclusive); None = to the last prompt"
+    )
+    prompts.add_argument(
+        "--num-videos-per-prompt", type=int, default=5, help="VBench mode: videos per prompt, seeds seed .. seed+k-1"
+    )
+
+    video = parser.add_argument_group("video and sampler")
+    video.add_argument(
+        "--video-size",
+        type=int,
+        nargs=2,
+        default=[720, 1280],
+        metavar=("HEIGHT", "WIDTH"),
+        help="pixels, multiples of 16 (upstream's default; the TaylorSeer paper uses 480 640)",
+    )
+    video.add_argument(
+        "--video-length", type=int, default=129, help="frames, 4k+1 (upstream's default; the paper uses 65)"
+    )
+    video.add_argument("--infer-steps", type=int, default=50, help="denoising steps")
+    video.add_argument("--seed", type=int, default=42, help="seed of the first video's initial noise")
+    video.add_argument("--flow-shift", type=float, default=7.0, help="time shift s of sigma -> s*sigma/(1+(s-1)*sigma)")
+    video.add_argument(
+        "--flow-reverse",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sigma runs 1 -> 0, the released weights' convention (upstream's flag defaults off but every upstream "
+        "example passes it; --no-flow-reverse is the mirrored t' = 1 - sigma convention, see scheduler.py)",
+    )
+    video.add_argument(
+        "--embedded-cfg-scale", type=float, default=6.0, help="guidance scale embedded by -cfgdistill models (x1000)"
+    )
+    video.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance; 1 = off (batch 1)")
+    video.add_argument("--fps", type=int, default=24, help="frame rate of the written mp4")
+
+    model = parser.add_argument_group("model and weights")
+    model.add_argument(
+        "--model", choices=list(HUNYUAN_VIDEO_PRESETS), default="HYVideo-T/2-cfgdistill", help="transformer preset"
+    )
+    model.add_argument(
+        "--model-base",
+        default=default_model_base(),
+        help="checkpoint root: upstream ckpts/ layout or a diffusers HunyuanVideo folder ($MODEL_BASE overrides)",
+    )
+    model.add_argument(
+        "--dit-weight",
+        type=Path,
+        help="transformer checkpoint (.pt / .safetensors / diffusers folder); None = the one under --model-base",
+    )
+    model.add_argument("--load-key", default="module", help="entry of an upstream .pt holding the weights (or ema)")
+    model.add_argument("--text-len", type=int, default=256, help="LLM prompt tokens after the template crop")
+    model.add_argument(
+        "--hidden-state-skip-layer",
+        type=int,
+        default=2,
+        help="use the LLM's hidden_states[-(k+1)]: its last k decoder layers skipped",
+    )
+    model.add_argument(
+        "--apply-final-norm",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="apply the LLM's final norm to that hidden state",
+    )
+    model.add_argument(
+        "--vae-tiling", action=argparse.BooleanOptionalAction, default=True, help="decode in tiles (bounded memory)"
+    )
+    model.add_argument(
+        "--precision", choices=list(PRECISIONS), help="transformer dtype; None = bf16 on CUDA, fp32 on CPU"
+    )
+    model.add_argument(
+        "--text-encoder-precision",
+        choices=list(PRECISIONS),
+        help="text encoders' dtype; None = fp16 on CUDA, fp32 on CPU",
+    )
+    model.add_argument("--vae-precision", choices=list(PRECISIONS), help="VAE dtype; None = fp16 on CUDA, fp32 on CPU")
+    model.add_argument(
+        "--use-cpu-offload",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="keep the text encoders and the VAE on the CPU except while they run (the transformer stays)",
+    )
+    model.add_argument(
+        "--device", help="torch device; None = cuda:LOCAL_RANK under torchrun, cuda, or cpu without CUDA"
+    )
+
+    parser.add_argument("--save-path", type=Path, default=Path("results"), help="folder of the mp4 files")
+    parser.add_argument(
+        "--test-FLOPs",
+        action="store_true",
+        help="print the baseline and TaylorSeer FLOPs of these settings and exit (needs no weights)",
+    )
+    add_taylorseer_args(parser, interval=5, max_order=1, first_enhance=1)
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------------- checks
+
+
+def read_vbench_prompts(path: Path) -> list[str]:
+    """The ``prompt_en`` of every entry of a VBench full-info JSON; ValueError naming the problem otherwise."""
+    if not path.is_file():
+        raise ValueError(
+            f"--prompt-json {path} not found (expected VBench's full-info JSON, e.g. VBench_full_info.json)"
+        )
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--prompt-json {path} is not valid JSON: {exc}") from exc
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f'--prompt-json {path} must be a non-empty list of {{"prompt_en": ...}} objects')
+    prompts = []
+    for index, entry in enumerate(entries):
+        prompt = entry.get("prompt_en") if isinstance(entry, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f'--prompt-json {path}: entry {index} has no non-empty "prompt_en" string: {entry!r}')
+        prompts.append(prompt)
+    return prompts
+
+
+def safe_file_stem(prompt: str) -> str:
+    """The prompt with "/" (and NUL) replaced by "_": a file name inside the save folder, never a path."""
+    return prompt.replace("/", "_").replace("\0", "_")
+
+
+def vbench_file_name(prompt: str, k: int) -> str:
+    """VBench's name for the k-th video of ``prompt``."""
+    return f"{safe_file_stem(prompt)}-{k}.mp4"
+
+
+def single_prompt_file_name(prompt: str, seed: int) -> str:
+    """Upstream's name without its time stamp: the seed and the first 100 characters of the prompt."""
+    return f"seed{seed}_{safe_file_stem(prompt.strip()[:SINGLE_PROMPT_NAME_CHARS])}.mp4"
+
+
+def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TaylorSeerConfig:
+    """Validate every flag (exit 2 through ``parser.error`` with the fix) and return the TaylorSeer config.
+
+    In VBench mode the prompt file is read here and its selected prompts stored in ``args.prompts`` as
+    (index, prompt) pairs.
+    """
+    config = taylorseer_config_from_args(args, parser)
+    height, width = args.video_size
+    try:
+        check_video_size(height, width, args.video_length)
+    except ValueError as exc:
+        parser.error(f"--video-size/--video-length: {exc}")
+    positive = {
+        "--infer-steps": args.infer_steps,
+        "--num-videos": args.num_videos,
+        "--num-videos-per-prompt": args.num_videos_per_prompt,
+        "--text-len": args.text_len,
+        "--fps": args.fps,
+    }
+    for flag, value in positive.items():
+        if value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
+    if args.flow_shift <= 0:
+        parser.error(f"--flow-shift must be > 0, got {args.flow_shift}")
+    if args.cfg_scale < 1.0:
+        parser.error(f"--cfg-scale must be >= 1.0 (1.0 disables classifier-free guidance), got {args.cfg_scale}")
+    if args.hidden_state_skip_layer < 0:
+        parser.error(f"--hidden-state-skip-layer must be >= 0, got {args.hidden_state_skip_layer}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    args.prompts = []
+    if args.test_FLOPs:
+        return config
+    if (args.prompt is None) == (args.prompt_json is None):
+        parser.error("give exactly one of --prompt (one prompt) and --prompt-json (VBench batch mode)")
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            parser.error("--prompt is empty")
+        return config
+    args.prompts = _selected_prompts(args, parser)
+    return config
+
+
+def _selected_prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[tuple[int, str]]:
+    try:
+        prompts = read_vbench_prompts(args.prompt_json)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.index_start < 0:
+        parser.error(f"--index-start must be >= 0, got {args.index_start}")
+    if args.index_end is not None and args.index_end <= args.index_start:
+        parser.error(f"--index-end ({args.index_end}, exclusive) must be > --index-start ({args.index_start})")
+    if args.index_start >= len(prompts):
+        parser.error(f"--index-start {args.index_start} selects no prompt: {args.prompt_json} has {len(prompts)}")
+    end = len(prompts) if args.index_end is None else min(args.index_end, len(prompts))
+    selected = list(enumerate(prompts))[args.index_start : end]
+    for index, prompt in selected:
+        name = vbench_file_name(prompt, args.num_videos_per_prompt - 1)
+        if len(name.encode()) > MAX_FILE_NAME_BYTES:
+            parser.error(f"prompt {index} is too long for a file name ({len(name.encode())} bytes > 255): {prompt!r}")
+    return selected
+
+
+# -------------------------------------------------------------------------------------------------------- FLOPs
+
+
+def print_flops(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
+    """Baseline and TaylorSeer FLOPs of these settings, counted on the meta device; ends with one JSON line."""
+    height, width = args.video_size
+    batch = 2 if args.cfg_scale > 1.0 else 1
+    report = hunyuan_flops_report(
+        args.model, height, width, args.video_length, args.text_len, args.infer_steps, config, batch=batch
+    )
+    print(
+        f"{args.model}, {height}x{width}, {args.video_length} frames, {args.infer_steps} steps, {args.text_len} text "
+        f"tokens, batch {batch}, TaylorSeer N={config.interval} O={config.max_order} E={config.first_enhance}"
+    )
+    print(f"baseline:   {report.baseline_flops / 1e12:12.2f} TFLOPs ({args.infer_steps} full steps)")
+    print(
+        f"TaylorSeer: {report.flops / 1e12:12.2f} TFLOPs ({report.num_full_steps} full, "
+        f"{report.num_forecast_steps} forecast steps)"
+    )
+    print(f"speedup:    {report.speedup:12.3f}x")
+    extra = {"model": args.model, "height": height, "width": width, "video_length": args.video_length}
+    print(report.json_line(**extra, num_steps=args.infer_steps, text_len=args.text_len, batch=batch))
+    return {**report.as_dict(), **extra}
+
+
+# ------------------------------------------------------------------------------------------------- distribution
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job; ``initialized`` is False for a plain single process."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    initialized: bool
+
+    def barrier(self) -> None:
+        if self.initialized:
+            dist.barrier()
+
+
+def setup_distributed(device_arg: str | None) -> Distributed:
+    """Join torchrun's process group (NCCL on CUDA, gloo on CPU); without torchrun's variables, one plain process."""
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    local_rank = int(os.environ.get("LOCAL_RANK", 0)) if launched else 0
+    if device_arg is None:
+        device_arg = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_arg)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    if not launched:
+        return Distributed(0, 1, device, False)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=BARRIER_TIMEOUT)
+    return Distributed(dist.get_rank(), dist.get_world_size(), device, True)
+
+
+# ------------------------------------------------------------------------------------------------------ sampling
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One video to make: what, with which seed, and where it goes."""
+
+    prompt: str
+    seed: int
+    path: Path
+
+
+def video_jobs(args: argparse.Namespace) -> list[VideoJob]:
+    """Every video of the run, in a fixed order (the same on every rank)."""
+    if args.prompt is not None:
+        seeds = [args.seed + k for k in range(args.num_videos)]
+        return [VideoJob(args.prompt, s, args.save_path / single_prompt_file_name(args.prompt, s)) for s in seeds]
+    return [
+        VideoJob(prompt, args.seed + k, args.save_path / vbench_file_name(prompt, k))
+        for _, prompt in args.prompts
+        for k in range(args.num_videos_per_prompt)
+    ]
+
+
+def _dtype(name: str | None, cuda_default: str, device: torch.device) -> torch.dtype:
+    return PRECISIONS[name or (cuda_default if device.type == "cuda" else "fp32")]
+
+
+def load_pipeline(args: argparse.Namespace, device: torch.device) -> HunyuanVideoPipeline:
+    """All components from --model-base / --dit-weight, placed for sampling on ``device``."""
+    components = load_components(
+        find_model_files(args.model_base, args.dit_weight),
+        args.model,
+        dtype=_dtype(args.precision, "bf16", device),
+        text_encoder_dtype=_dtype(args.text_encoder_precision, "fp16", device),
+        vae_dtype=_dtype(args.vae_precision, "fp16", device),
+        load_key=args.load_key,
+        text_len=args.text_len,
+        hidden_state_skip_layer=args.hidden_state_skip_layer,
+        apply_final_norm=args.apply_final_norm,
+    )
+    return HunyuanVideoPipeline.from_components(
+        components, device=device, offload=args.use_cpu_offload, vae_tiling=args.vae_tiling
+    )
+
+
+def run(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distributed) -> dict:
+    """Make this rank's share of the pending videos; returns what it did."""
+    pipe = load_pipeline(args, setup.device)
+    vbench = args.prompt is None
+    jobs = video_jobs(args)
+    # In VBench mode existing videos are done. Every rank lists what is pending before any rank writes (barrier),
+    # so all ranks see the same list and split it the same way.
+    pending = [job for job in jobs if not (vbench and job.path.exists())]
+    setup.barrier()
+    mine = pending[setup.rank :: setup.world_size]
+    cache = None if config.is_uncached else TaylorCache(config)  # reset by the pipeline for every video
+    height, width = args.video_size
+    written, seconds = [], []
+    full = forecast = None
+    for job in tqdm(mine, desc="videos", disable=setup.rank != 0 or not vbench):
+        out = pipe(
+            job.prompt,
+            height=height,
+            width=width,
+            video_length=args.video_length,
+            num_inference_steps=args.infer_steps,
+            seed=job.seed,
+            flow_shift=args.flow_shift,
+            flow_reverse=args.flow_reverse,
+            embedded_guidance_scale=args.embedded_cfg_scale,
+            cfg_scale=args.cfg_scale,
+            negative_prompt=args.neg_prompt,
+            cache=cache,
+            progress=setup.rank == 0 and not vbench,
+        )
+        write_video(job.path, video_to_uint8_frames(out.video), fps=args.fps)
+        full, forecast = out.num_full_steps, out.num_forecast_steps
+        written.append(str(job.path))
+        seconds.append(out.seconds)
+        tqdm.write(
+            f"Success, time: {out.seconds:.2f} s (TaylorSeer: {full} full, {forecast} forecast steps; "
+            f"seed {job.seed}) -> {job.path}"
+        )
+    print(
+        f"rank {setup.rank}/{setup.world_size}: wrote {len(written)} videos; {len(jobs) - len(pending)} of "
+        f"{len(jobs)} were already there",
+        flush=True,
+    )
+    setup.barrier()
+    summary = {
+        "rank": setup.rank,
+        "world_size": setup.world_size,
+        "videos": written,
+        "seconds": seconds,
+        "skipped": len(jobs) - len(pending),
+        "total": len(jobs),
+        "full_steps": full,
+        "forecast_steps": forecast,
+    }
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
+    """The FLOPs report, or this process's videos (one rank of a torchrun job, or alone)."""
+    if args.test_FLOPs:
+        return print_flops(args, config)
+    check_model_files(find_model_files(args.model_base, args.dit_weight))  # before anything starts: fail fast
+    _quiet_loading_bars()
+    setup = setup_distributed(args.device)
+    try:
+        return run(args, config, setup)
+    finally:
+        if setup.initialized:
+            dist.destroy_process_group()
+
+
+def _quiet_loading_bars() -> None:
+    """transformers and diffusers draw a bar per loaded model; the CLI shows only the sampling progress."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+if __name__ == "__main__":
+    parser = build_parser()
+    arguments = parser.parse_args()
+    taylorseer_config = check_args(arguments, parser)
+    try:
+        main(arguments, taylorseer_config)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
