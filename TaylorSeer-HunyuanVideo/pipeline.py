@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from common.sequence_parallel import SequenceParallel
 from common.taylor_cache import TaylorCache
 
 from .model import HunyuanVideo
@@ -119,10 +120,13 @@ class HunyuanVideoPipeline:
         device: torch.device | str = "cpu",
         offload: bool = False,
         vae_tiling: bool = True,
+        sequence_parallel: SequenceParallel | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.offload = offload
         self.vae_tiling = vae_tiling
+        # Every rank of the group runs this pipeline on the same prompt and seed; only the transformer splits work.
+        self.sequence_parallel = sequence_parallel
         self.transformer = transformer.to(self.device).eval()
         home = torch.device("cpu") if offload else self.device
         self.vae = vae.to(home).eval()
@@ -183,7 +187,9 @@ class HunyuanVideoPipeline:
         batch = text.states.shape[0]
         x = latents.expand(batch, *latents.shape[1:]).to(self.dtype)  # (B, C, T', H', W'), B = 2 with CFG
         t = timestep.expand(batch)  # (B,) float32 in [0, 1000]
-        prediction = self.transformer(x, t, text.states, text.mask, text.pooled, guidance, cache=cache).float()
+        prediction = self.transformer(
+            x, t, text.states, text.mask, text.pooled, guidance, cache=cache, sequence_parallel=self.sequence_parallel
+        ).float()
         if cfg_scale > 1.0:
             uncond, cond = prediction.chunk(2)
             return uncond + cfg_scale * (cond - uncond)

@@ -17,6 +17,12 @@ with "prompt_en"), prompts index-start (inclusive) to index-end (exclusive) each
 with seeds seed .. seed+k-1, saved as {save-path}/{prompt}-{k}.mp4, VBench's naming; videos already there are
 skipped, and every mp4 is written under a temporary name and renamed, so an interrupted run leaves no partial video
 and a rerun resumes. Under torchrun the pending videos are split over the ranks (gloo on CPU, NCCL on GPU).
+With --ulysses-degree K, groups of K consecutive ranks make each video together (Ulysses sequence parallelism: every
+rank holds 1/K of the video tokens and the TaylorSeer cache of its shard); the groups split the videos.
+
+    # one video on 8 GPUs: sequence parallel, cache speedup x parallel speedup
+    torchrun --nproc_per_node=8 TaylorSeer-HunyuanVideo/sample_video.py --ulysses-degree 8 --prompt "..." \\
+        --video-size 480 640 --video-length 65
 A "/" in a prompt becomes "_" in its file name, so that no prompt can name a sub-folder or a path outside
 --save-path (VBench's lookup cannot match such a prompt either way).
 """
@@ -37,9 +43,10 @@ from tqdm.auto import tqdm
 
 from common.checkpoint import CheckpointError
 from common.cli import add_taylorseer_args, taylorseer_config_from_args
+from common.sequence_parallel import SequenceParallel
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
 from common.video_io import video_to_uint8_frames, write_video
-from taylorseer_hunyuanvideo.flops import hunyuan_flops_report
+from taylorseer_hunyuanvideo.flops import hunyuan_flops_report, hunyuan_latent_shape
 from taylorseer_hunyuanvideo.model import HUNYUAN_VIDEO_PRESETS
 from taylorseer_hunyuanvideo.pipeline import HunyuanVideoPipeline, check_video_size
 from taylorseer_hunyuanvideo.weights import (
@@ -160,6 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--save-path", type=Path, default=Path("results"), help="folder of the mp4 files")
     parser.add_argument(
+        "--lossless",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="write near-lossless mp4s (H.264 crf 0, yuv444p) for frame-wise PSNR/SSIM/LPIPS comparisons",
+    )
+    parser.add_argument(
+        "--ulysses-degree",
+        type=int,
+        default=1,
+        help="ranks that make one video together by Ulysses sequence parallelism (torchrun; must divide the number "
+        "of processes, the attention heads and the video tokens); 1 = each rank makes whole videos",
+    )
+    parser.add_argument(
         "--test-FLOPs",
         action="store_true",
         help="print the baseline and TaylorSeer FLOPs of these settings and exit (needs no weights)",
@@ -237,6 +257,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Tay
         parser.error(f"--hidden-state-skip-layer must be >= 0, got {args.hidden_state_skip_layer}")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
+    _check_ulysses_degree(args, parser)
     args.prompts = []
     if args.test_FLOPs:
         return config
@@ -248,6 +269,27 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Tay
         return config
     args.prompts = _selected_prompts(args, parser)
     return config
+
+
+def _check_ulysses_degree(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Ulysses splits the video tokens and, inside attention, the heads: both must divide evenly."""
+    degree = args.ulysses_degree
+    if degree < 1:
+        parser.error(f"--ulysses-degree must be >= 1, got {degree}")
+    if degree == 1:
+        return
+    params = HUNYUAN_VIDEO_PRESETS[args.model]
+    if params.heads_num % degree:
+        parser.error(f"--ulysses-degree {degree} must divide the {params.heads_num} attention heads of {args.model}")
+    height, width = args.video_size
+    frames, rows, cols = hunyuan_latent_shape(height, width, args.video_length)
+    pt, ph, pw = params.patch_size
+    tokens = (frames // pt) * (rows // ph) * (cols // pw)
+    if tokens % degree:
+        parser.error(
+            f"--ulysses-degree {degree} must divide the {tokens} video tokens of {height}x{width}, "
+            f"{args.video_length} frames; choose another degree or size"
+        )
 
 
 def _selected_prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[tuple[int, str]]:
@@ -298,23 +340,53 @@ def print_flops(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
 # ------------------------------------------------------------------------------------------------- distribution
 
 
+class UsageError(Exception):
+    """A launch that cannot work as given; the message says how to fix it."""
+
+
 @dataclass(frozen=True)
 class Distributed:
-    """This process's place in the job; ``initialized`` is False for a plain single process."""
+    """This process's place in the job; ``initialized`` is False for a plain single process.
+
+    Ranks form groups of ``ulysses_degree`` consecutive ranks; a group makes one video at a time (``sequence_parallel``
+    is its group, None without sequence parallelism), the groups split the videos, and the group's first rank writes.
+    """
 
     rank: int
     world_size: int
     device: torch.device
     initialized: bool
+    ulysses_degree: int = 1
+    sequence_parallel: SequenceParallel | None = None
+
+    @property
+    def group_index(self) -> int:
+        return self.rank // self.ulysses_degree
+
+    @property
+    def num_groups(self) -> int:
+        return self.world_size // self.ulysses_degree
+
+    @property
+    def writes(self) -> bool:
+        return self.rank % self.ulysses_degree == 0
 
     def barrier(self) -> None:
         if self.initialized:
             dist.barrier()
 
 
-def setup_distributed(device_arg: str | None) -> Distributed:
-    """Join torchrun's process group (NCCL on CUDA, gloo on CPU); without torchrun's variables, one plain process."""
+def setup_distributed(device_arg: str | None, ulysses_degree: int = 1) -> Distributed:
+    """Join torchrun's process group (NCCL on CUDA, gloo on CPU); without torchrun's variables, one plain process.
+    With ``ulysses_degree`` K > 1, every rank also creates the sequence-parallel groups (ranks 0..K-1, K..2K-1, ...)."""
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    world_size = int(os.environ["WORLD_SIZE"]) if launched else 1
+    if world_size % ulysses_degree:
+        how = f"torchrun --nproc_per_node={ulysses_degree} (or a multiple)" if not launched else "a multiple of it"
+        raise UsageError(
+            f"--ulysses-degree {ulysses_degree} needs a number of processes divisible by it, got {world_size}: "
+            f"launch with {how}"
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", 0)) if launched else 0
     if device_arg is None:
         device_arg = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
@@ -324,7 +396,15 @@ def setup_distributed(device_arg: str | None) -> Distributed:
     if not launched:
         return Distributed(0, 1, device, False)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=BARRIER_TIMEOUT)
-    return Distributed(dist.get_rank(), dist.get_world_size(), device, True)
+    rank = dist.get_rank()
+    sequence_parallel = None
+    if ulysses_degree > 1:
+        # new_group is collective: every rank creates every group, in the same order.
+        for first in range(0, world_size, ulysses_degree):
+            group = dist.new_group(list(range(first, first + ulysses_degree)))
+            if first <= rank < first + ulysses_degree:
+                sequence_parallel = SequenceParallel.from_group(group)
+    return Distributed(rank, world_size, device, True, ulysses_degree, sequence_parallel)
 
 
 # ------------------------------------------------------------------------------------------------------ sampling
@@ -355,7 +435,9 @@ def _dtype(name: str | None, cuda_default: str, device: torch.device) -> torch.d
     return PRECISIONS[name or (cuda_default if device.type == "cuda" else "fp32")]
 
 
-def load_pipeline(args: argparse.Namespace, device: torch.device) -> HunyuanVideoPipeline:
+def load_pipeline(
+    args: argparse.Namespace, device: torch.device, sequence_parallel: SequenceParallel | None = None
+) -> HunyuanVideoPipeline:
     """All components from --model-base / --dit-weight, placed for sampling on ``device``."""
     components = load_components(
         find_model_files(args.model_base, args.dit_weight),
@@ -369,20 +451,24 @@ def load_pipeline(args: argparse.Namespace, device: torch.device) -> HunyuanVide
         apply_final_norm=args.apply_final_norm,
     )
     return HunyuanVideoPipeline.from_components(
-        components, device=device, offload=args.use_cpu_offload, vae_tiling=args.vae_tiling
+        components,
+        device=device,
+        offload=args.use_cpu_offload,
+        vae_tiling=args.vae_tiling,
+        sequence_parallel=sequence_parallel,
     )
 
 
 def run(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distributed) -> dict:
     """Make this rank's share of the pending videos; returns what it did."""
-    pipe = load_pipeline(args, setup.device)
+    pipe = load_pipeline(args, setup.device, setup.sequence_parallel)
     vbench = args.prompt is None
     jobs = video_jobs(args)
     # In VBench mode existing videos are done. Every rank lists what is pending before any rank writes (barrier),
     # so all ranks see the same list and split it the same way.
     pending = [job for job in jobs if not (vbench and job.path.exists())]
     setup.barrier()
-    mine = pending[setup.rank :: setup.world_size]
+    mine = pending[setup.group_index :: setup.num_groups]
     cache = None if config.is_uncached else TaylorCache(config)  # reset by the pipeline for every video
     height, width = args.video_size
     written, seconds = [], []
@@ -403,8 +489,10 @@ def run(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distributed) 
             cache=cache,
             progress=setup.rank == 0 and not vbench,
         )
-        write_video(job.path, video_to_uint8_frames(out.video), fps=args.fps)
         full, forecast = out.num_full_steps, out.num_forecast_steps
+        if not setup.writes:  # the group's first rank writes the video all its ranks made
+            continue
+        write_video(job.path, video_to_uint8_frames(out.video), fps=args.fps, quality=None if args.lossless else 8.0)
         written.append(str(job.path))
         seconds.append(out.seconds)
         tqdm.write(
@@ -437,7 +525,7 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
         return print_flops(args, config)
     check_model_files(find_model_files(args.model_base, args.dit_weight))  # before anything starts: fail fast
     _quiet_loading_bars()
-    setup = setup_distributed(args.device)
+    setup = setup_distributed(args.device, args.ulysses_degree)
     try:
         return run(args, config, setup)
     finally:
@@ -460,6 +548,6 @@ if __name__ == "__main__":
     taylorseer_config = check_args(arguments, parser)
     try:
         main(arguments, taylorseer_config)
-    except CheckpointError as err:
+    except (CheckpointError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -15,7 +15,7 @@ from hunyuanvideo_testing import TINY_MODEL, TINY_TEXT_LEN, write_official_check
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
 from common.video_io import read_video, video_to_uint8_frames, write_video
 from taylorseer_hunyuanvideo.pipeline import HunyuanVideoPipeline
-from taylorseer_hunyuanvideo.sample_video import build_parser, check_args, main
+from taylorseer_hunyuanvideo.sample_video import UsageError, build_parser, check_args, main
 from taylorseer_hunyuanvideo.weights import find_model_files, load_components
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,6 +179,32 @@ def test_torchrun_two_processes_write_the_videos_of_one(ckpts, prompt_json, tmp_
         np.testing.assert_array_equal(read_video(tmp_path / "two" / name), read_video(tmp_path / "one" / name), name)
 
 
+def test_ulysses_two_ranks_make_the_video_of_one_process(ckpts, tmp_path):
+    """--ulysses-degree 2: both ranks make the same video together (each holding half the tokens and the cache of its
+    half; TaylorSeer N=5 forecasts included) and rank 0 writes it; it equals the single-process video."""
+    common = ["--prompt", "a cat sitting on a table", "--num-videos", "2", "--lossless"]
+    one = run_main(tiny_argv(ckpts, tmp_path / "one", *common))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT)]
+    argv = tiny_argv(ckpts, tmp_path / "two", *common, "--ulysses-degree", "2")
+    result = subprocess.run([*command, *argv], capture_output=True, text=True, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = {int(rank): int(count) for rank, count in re.findall(r"rank (\d)/2: wrote (\d+) videos", result.stdout)}
+    assert written == {0: 2, 1: 0}
+    names = sorted(Path(p).name for p in one["videos"])
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == names
+    for name in names:
+        single, parallel = (read_video(tmp_path / run / name).astype(int) for run in ("one", "two"))
+        # Near-lossless mp4s of float-rounding-equal videos: at most one level of YUV rounding apart.
+        assert np.abs(single - parallel).max() <= 1, name
+
+
+def test_ulysses_degree_needs_a_matching_number_of_processes(ckpts, tmp_path):
+    argv = tiny_argv(ckpts, tmp_path / "videos", "--prompt", "a cat", "--ulysses-degree", "2")
+    with pytest.raises(UsageError, match=r"--ulysses-degree 2 needs a number of processes divisible by it, got 1"):
+        run_main(argv)
+    assert not (tmp_path / "videos").exists()
+
+
 # ------------------------------------------------------------------------------------------------------- errors
 
 
@@ -202,6 +228,12 @@ CAT = ["--prompt", "a cat"]
         ([], "give exactly one of --prompt"),
         ([*CAT, "--prompt-json", "p.json"], "give exactly one of --prompt"),
         ([*CAT, "--model", "HYVideo-XL"], "invalid choice"),
+        ([*CAT, "--ulysses-degree", "0"], "--ulysses-degree must be >= 1"),
+        ([*CAT, "--ulysses-degree", "5"], "--ulysses-degree 5 must divide the 24 attention heads"),
+        (
+            [*CAT, "--ulysses-degree", "2", "--video-size", "16", "16", "--video-length", "1"],
+            "divide the 1 video tokens",
+        ),
     ],
 )
 def test_invalid_flags_exit_with_the_reason(arguments, message, capsys):
