@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from common.checkpoint import CheckpointError, KeyPool, read_state_dict, require_path, truncated_list
+from common.key_mapping import put
 from taylorseer_dit.models import DiT, get_2d_sincos_pos_embed
 
 __all__ = [
@@ -108,10 +109,10 @@ def dit_to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     depth = infer_depth(state_dict, OUR_BLOCKS)
     out: dict[str, Tensor] = {}
     for ours, theirs in _param_pairs(TOP_LEVEL):
-        _put(out, theirs, pool.take(ours))
+        put(out, theirs, pool.take(ours))
     for i in range(depth):
         for ours, theirs in _param_pairs(PER_BLOCK):
-            _put(out, f"{DIFFUSERS_BLOCKS}.{i}.{theirs}", pool.take(f"{OUR_BLOCKS}.{i}.{ours}"))
+            put(out, f"{DIFFUSERS_BLOCKS}.{i}.{theirs}", pool.take(f"{OUR_BLOCKS}.{i}.{ours}"))
         for param in LINEAR:
             key = f"{OUR_BLOCKS}.{i}.{QKV}.{param}"
             fused = pool.take(key)
@@ -121,7 +122,7 @@ def dit_to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     for ours, theirs in _param_pairs(EMBEDDERS):
         shared = pool.take(ours)
         for i in range(depth):
-            _put(out, f"{DIFFUSERS_BLOCKS}.{i}.{EMBEDDER_PREFIX}.{theirs}", None if shared is None else shared.clone())
+            put(out, f"{DIFFUSERS_BLOCKS}.{i}.{EMBEDDER_PREFIX}.{theirs}", None if shared is None else shared.clone())
     pos_embed = pool.take(POS_EMBED)
     pool.finish()
     _check_sincos(pos_embed)
@@ -139,10 +140,10 @@ def diffusers_to_dit(state_dict: Mapping[str, Tensor], *, grid_size: int) -> dic
     depth = infer_depth(state_dict, DIFFUSERS_BLOCKS)
     out: dict[str, Tensor] = {}
     for ours, theirs in _param_pairs(TOP_LEVEL):
-        _put(out, ours, pool.take(theirs))
+        put(out, ours, pool.take(theirs))
     for i in range(depth):
         for ours, theirs in _param_pairs(PER_BLOCK):
-            _put(out, f"{OUR_BLOCKS}.{i}.{ours}", pool.take(f"{DIFFUSERS_BLOCKS}.{i}.{theirs}"))
+            put(out, f"{OUR_BLOCKS}.{i}.{ours}", pool.take(f"{DIFFUSERS_BLOCKS}.{i}.{theirs}"))
         for param in LINEAR:
             parts = [pool.take(f"{DIFFUSERS_BLOCKS}.{i}.{part}.{param}") for part in QKV_PARTS]
             if all(p is not None for p in parts):
@@ -150,7 +151,7 @@ def diffusers_to_dit(state_dict: Mapping[str, Tensor], *, grid_size: int) -> dic
     diverged = []
     for ours, theirs in _param_pairs(EMBEDDERS):
         copies = [pool.take(f"{DIFFUSERS_BLOCKS}.{i}.{EMBEDDER_PREFIX}.{theirs}") for i in range(depth)]
-        _put(out, ours, copies[0])
+        put(out, ours, copies[0])
         diverged += [f"{DIFFUSERS_BLOCKS}.{i}.{EMBEDDER_PREFIX}.{theirs}" for i in _differing_copies(copies)]
     pool.finish()
     if diverged:
@@ -330,12 +331,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _param_pairs(table: tuple[tuple[str, str, tuple[str, ...]], ...]) -> list[tuple[str, str]]:
     """Module-level (ours, diffusers, params) rows -> parameter-level (ours key, diffusers key) pairs."""
     return [(f"{ours}.{param}", f"{theirs}.{param}") for ours, theirs, params in table for param in params]
-
-
-def _put(out: dict[str, Tensor], key: str, tensor: Tensor | None) -> None:
-    """Store ``tensor`` unless it was missing from the input (the pool reports missing keys together)."""
-    if tensor is not None:
-        out[key] = tensor
 
 
 def _split_qkv(fused: Tensor, key: str) -> list[Tensor]:

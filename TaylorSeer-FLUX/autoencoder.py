@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from common.checkpoint import CheckpointError, KeyPool, read_state_dict, require_path
-from taylorseer_flux.diffusers_format import infer_depth
+from common.key_mapping import infer_depth
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL

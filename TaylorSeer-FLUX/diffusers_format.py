@@ -40,18 +40,17 @@ diffusers (0.42) takes 2D ``img_ids``/``txt_ids`` (L, 3), BFL 3D (B, L, 3).
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import torch
 
-from common.checkpoint import CheckpointError, KeyPool, truncated_list
+from common.checkpoint import KeyPool
+from common.key_mapping import LINEAR, has_prefix, infer_depth, linear_params, put, split_rows, swap_halves
 from taylorseer_flux.model import FluxParams
 
 __all__ = ["bfl_to_diffusers", "diffusers_to_bfl", "diffusers_config", "flux_params_from_diffusers_config"]
 
 Tensor = torch.Tensor
-LINEAR = ("weight", "bias")
 
 # (ours, diffusers) prefixes of linear layers renamed one to one at the top level.
 TOP_LEVEL_LINEARS = (
@@ -111,47 +110,6 @@ DIFFUSERS_MLP_RATIO = 4.0
 DIFFUSERS_THETA = 10_000
 
 
-def infer_depth(state_dict: Mapping[str, Tensor], prefix: str) -> int:
-    """Number of blocks ``{prefix}.{i}.*`` in the state dict; the indices must be 0 ... n-1."""
-    pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.")
-    indices = {int(m.group(1)) for key in state_dict if (m := pattern.match(key))}
-    if indices and indices != set(range(max(indices) + 1)):
-        missing = sorted(set(range(max(indices) + 1)) - indices)
-        raise CheckpointError(
-            f"State dict has gaps in its {prefix} indices: missing {truncated_list([str(i) for i in missing])}"
-        )
-    return len(indices)
-
-
-def _has_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> bool:
-    return any(key.startswith(prefix + ".") for key in state_dict)
-
-
-def _put(out: dict[str, Tensor], key: str, tensor: Tensor | None) -> None:
-    if tensor is not None:
-        out[key] = tensor
-
-
-def _linear_params(pairs: tuple[tuple[str, str], ...]) -> Iterator[tuple[str, str]]:
-    for ours, theirs in pairs:
-        for param in LINEAR:
-            yield f"{ours}.{param}", f"{theirs}.{param}"
-
-
-def _swap_halves(tensor: Tensor) -> Tensor:
-    """(shift, scale) <-> (scale, shift) along the output dimension (an involution)."""
-    first, second = tensor.chunk(2, dim=0)
-    return torch.cat((second, first), dim=0)
-
-
-def _split(tensor: Tensor, sizes: list[int], key: str) -> list[Tensor]:
-    if tensor.shape[0] != sum(sizes):
-        raise CheckpointError(
-            f"{key} has {tensor.shape[0]} output rows, expected {sum(sizes)} = {' + '.join(map(str, sizes))}"
-        )
-    return [part.clone() for part in torch.split(tensor, sizes, dim=0)]
-
-
 def bfl_to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """BFL keys (our :class:`~taylorseer_flux.model.Flux`) -> ``FluxTransformer2DModel`` keys.
 
@@ -160,21 +118,21 @@ def bfl_to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     pool = KeyPool(state_dict, "BFL FLUX transformer")
     depth = infer_depth(state_dict, OUR_DOUBLE)
     depth_single = infer_depth(state_dict, OUR_SINGLE)
-    top = TOP_LEVEL_LINEARS + (GUIDANCE_LINEARS if _has_prefix(state_dict, "guidance_in") else ())
+    top = TOP_LEVEL_LINEARS + (GUIDANCE_LINEARS if has_prefix(state_dict, "guidance_in") else ())
     out: dict[str, Tensor] = {}
-    for ours, theirs in _linear_params(top):
-        _put(out, theirs, pool.take(ours))
+    for ours, theirs in linear_params(top):
+        put(out, theirs, pool.take(ours))
     ours_mod, theirs_mod = FINAL_MODULATION
     for param in LINEAR:
         tensor = pool.take(f"{ours_mod}.{param}")
-        _put(out, f"{theirs_mod}.{param}", None if tensor is None else _swap_halves(tensor))
+        put(out, f"{theirs_mod}.{param}", None if tensor is None else swap_halves(tensor))
 
     for i in range(depth):
         src, dst = f"{OUR_DOUBLE}.{i}", f"{DIFFUSERS_DOUBLE}.{i}"
-        for ours, theirs in _linear_params(DOUBLE_LINEARS):
-            _put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
+        for ours, theirs in linear_params(DOUBLE_LINEARS):
+            put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
         for ours, theirs in DOUBLE_NORMS:
-            _put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
+            put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
         for ours, parts in DOUBLE_QKV:
             for param in LINEAR:
                 key = f"{src}.{ours}.{param}"
@@ -182,15 +140,15 @@ def bfl_to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
                 if fused is None:
                     continue
                 rows = fused.shape[0] // 3
-                for part, tensor in zip(parts, _split(fused, [rows] * 3, key), strict=True):
+                for part, tensor in zip(parts, split_rows(fused, [rows] * 3, key), strict=True):
                     out[f"{dst}.{part}.{param}"] = tensor
 
     for i in range(depth_single):
         src, dst = f"{OUR_SINGLE}.{i}", f"{DIFFUSERS_SINGLE}.{i}"
-        for ours, theirs in _linear_params(SINGLE_LINEARS):
-            _put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
+        for ours, theirs in linear_params(SINGLE_LINEARS):
+            put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
         for ours, theirs in SINGLE_NORMS:
-            _put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
+            put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
         ours, parts = SINGLE_LINEAR1
         weight_key, bias_key = f"{src}.{ours}.weight", f"{src}.{ours}.bias"
         weight, bias = pool.take(weight_key), pool.take(bias_key)
@@ -198,10 +156,10 @@ def bfl_to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
             continue
         hidden = weight.shape[1]  # linear1 maps hidden -> 3 * hidden + mlp_hidden
         sizes = [hidden] * 3 + [weight.shape[0] - 3 * hidden]
-        for part, tensor in zip(parts, _split(weight, sizes, weight_key), strict=True):
+        for part, tensor in zip(parts, split_rows(weight, sizes, weight_key), strict=True):
             out[f"{dst}.{part}.weight"] = tensor
         if bias is not None:
-            for part, tensor in zip(parts, _split(bias, sizes, bias_key), strict=True):
+            for part, tensor in zip(parts, split_rows(bias, sizes, bias_key), strict=True):
                 out[f"{dst}.{part}.bias"] = tensor
     pool.finish()
     return out
@@ -212,15 +170,15 @@ def diffusers_to_bfl(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     pool = KeyPool(state_dict, "diffusers FLUX transformer")
     depth = infer_depth(state_dict, DIFFUSERS_DOUBLE)
     depth_single = infer_depth(state_dict, DIFFUSERS_SINGLE)
-    guidance = _has_prefix(state_dict, "time_text_embed.guidance_embedder")
+    guidance = has_prefix(state_dict, "time_text_embed.guidance_embedder")
     top = TOP_LEVEL_LINEARS + (GUIDANCE_LINEARS if guidance else ())
     out: dict[str, Tensor] = {}
-    for ours, theirs in _linear_params(top):
-        _put(out, ours, pool.take(theirs))
+    for ours, theirs in linear_params(top):
+        put(out, ours, pool.take(theirs))
     ours_mod, theirs_mod = FINAL_MODULATION
     for param in LINEAR:
         tensor = pool.take(f"{theirs_mod}.{param}")
-        _put(out, f"{ours_mod}.{param}", None if tensor is None else _swap_halves(tensor))
+        put(out, f"{ours_mod}.{param}", None if tensor is None else swap_halves(tensor))
 
     def take_cat(prefix: str, parts: tuple[str, ...], param: str) -> Tensor | None:
         tensors = [pool.take(f"{prefix}.{part}.{param}") for part in parts]
@@ -230,23 +188,23 @@ def diffusers_to_bfl(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
     for i in range(depth):
         src, dst = f"{DIFFUSERS_DOUBLE}.{i}", f"{OUR_DOUBLE}.{i}"
-        for ours, theirs in _linear_params(DOUBLE_LINEARS):
-            _put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
+        for ours, theirs in linear_params(DOUBLE_LINEARS):
+            put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
         for ours, theirs in DOUBLE_NORMS:
-            _put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
+            put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
         for ours, parts in DOUBLE_QKV:
             for param in LINEAR:
-                _put(out, f"{dst}.{ours}.{param}", take_cat(src, parts, param))
+                put(out, f"{dst}.{ours}.{param}", take_cat(src, parts, param))
 
     for i in range(depth_single):
         src, dst = f"{DIFFUSERS_SINGLE}.{i}", f"{OUR_SINGLE}.{i}"
-        for ours, theirs in _linear_params(SINGLE_LINEARS):
-            _put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
+        for ours, theirs in linear_params(SINGLE_LINEARS):
+            put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
         for ours, theirs in SINGLE_NORMS:
-            _put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
+            put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
         ours, parts = SINGLE_LINEAR1
         for param in LINEAR:
-            _put(out, f"{dst}.{ours}.{param}", take_cat(src, parts, param))
+            put(out, f"{dst}.{ours}.{param}", take_cat(src, parts, param))
     pool.finish()
     return out
 

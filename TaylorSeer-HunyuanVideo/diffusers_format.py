@@ -50,12 +50,12 @@ masking; none of diffusers' defaults needs overriding beyond the architecture si
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import torch
 
-from common.checkpoint import CheckpointError, KeyPool, truncated_list
+from common.checkpoint import CheckpointError, KeyPool
+from common.key_mapping import LINEAR, has_prefix, infer_depth, linear_params, put, split_rows, swap_halves
 from taylorseer_hunyuanvideo.model import HunyuanVideoParams
 
 __all__ = [
@@ -67,7 +67,6 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
-LINEAR = ("weight", "bias")
 
 # (ours, diffusers) prefixes of layers with weight and bias renamed one to one at the top level.
 TOP_LEVEL_LINEARS = (
@@ -146,51 +145,9 @@ DIFFUSERS_MARKER = "x_embedder.proj.weight"
 DIFFUSERS_QK_NORM = "rms_norm"
 
 
-def infer_depth(state_dict: Mapping[str, Tensor], prefix: str) -> int:
-    """Number of blocks ``{prefix}.{i}.*`` in the state dict; the indices must be 0 ... n-1."""
-    pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.")
-    indices = {int(m.group(1)) for key in state_dict if (m := pattern.match(key))}
-    if indices and indices != set(range(max(indices) + 1)):
-        missing = sorted(set(range(max(indices) + 1)) - indices)
-        raise CheckpointError(
-            f"State dict has gaps in its {prefix} indices: missing {truncated_list(list(map(str, missing)))}"
-        )
-    return len(indices)
-
-
 def is_diffusers_layout(state_dict: Mapping[str, Tensor]) -> bool:
     """Whether a state dict uses diffusers' keys (rather than the official ones)."""
     return DIFFUSERS_MARKER in state_dict
-
-
-def _has_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> bool:
-    return any(key.startswith(prefix + ".") for key in state_dict)
-
-
-def _put(out: dict[str, Tensor], key: str, tensor: Tensor | None) -> None:
-    if tensor is not None:
-        out[key] = tensor
-
-
-def _params(pairs: tuple[tuple[str, str], ...]) -> Iterator[tuple[str, str]]:
-    """(ours, theirs) full keys of the weight and bias of every renamed layer."""
-    for ours, theirs in pairs:
-        for param in LINEAR:
-            yield f"{ours}.{param}", f"{theirs}.{param}"
-
-
-def _swap_halves(tensor: Tensor) -> Tensor:
-    """(shift, scale) <-> (scale, shift) along the output dimension (an involution)."""
-    first, second = tensor.chunk(2, dim=0)
-    return torch.cat((second, first), dim=0)
-
-
-def _split(tensor: Tensor, sizes: list[int], key: str) -> list[Tensor]:
-    if tensor.shape[0] != sum(sizes):
-        raise CheckpointError(
-            f"{key} has {tensor.shape[0]} output rows, expected {sum(sizes)} = {' + '.join(map(str, sizes))}"
-        )
-    return [part.clone() for part in torch.split(tensor, sizes, dim=0)]
 
 
 def _split_fused(
@@ -201,7 +158,7 @@ def _split_fused(
         key = f"{src}.{fused}.{param}"
         tensor = pool.take(key)
         if tensor is not None:
-            for part, piece in zip(parts, _split(tensor, sizes, key), strict=True):
+            for part, piece in zip(parts, split_rows(tensor, sizes, key), strict=True):
                 out[f"{dst}.{part}.{param}"] = piece
 
 
@@ -224,36 +181,36 @@ def official_to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]
     keys. Split tensors are clones, so the result shares no memory between keys and can be saved with safetensors."""
     hidden = _hidden_size(state_dict, "img_in.proj.weight", "official")
     pool = KeyPool(state_dict, "official HunyuanVideo transformer")
-    top = TOP_LEVEL_LINEARS + (GUIDANCE_LINEARS if _has_prefix(state_dict, "guidance_in") else ())
+    top = TOP_LEVEL_LINEARS + (GUIDANCE_LINEARS if has_prefix(state_dict, "guidance_in") else ())
     out: dict[str, Tensor] = {}
-    for ours, theirs in _params(top):
-        _put(out, theirs, pool.take(ours))
-    for ours, theirs in _params((FINAL_MODULATION,)):
+    for ours, theirs in linear_params(top):
+        put(out, theirs, pool.take(ours))
+    for ours, theirs in linear_params((FINAL_MODULATION,)):
         tensor = pool.take(ours)
-        _put(out, theirs, None if tensor is None else _swap_halves(tensor))
+        put(out, theirs, None if tensor is None else swap_halves(tensor))
 
     for i in range(infer_depth(state_dict, OUR_REFINER)):
         src, dst = f"{OUR_REFINER}.{i}", f"{DIFFUSERS_REFINER}.{i}"
-        for ours, theirs in _params(REFINER_LINEARS):
-            _put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
+        for ours, theirs in linear_params(REFINER_LINEARS):
+            put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
         for fused, parts in REFINER_QKV:
             _split_fused(pool, out, src, dst, fused, parts, [hidden] * 3)
 
     for i in range(infer_depth(state_dict, OUR_DOUBLE)):
         src, dst = f"{OUR_DOUBLE}.{i}", f"{DIFFUSERS_DOUBLE}.{i}"
-        for ours, theirs in _params(DOUBLE_LINEARS):
-            _put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
+        for ours, theirs in linear_params(DOUBLE_LINEARS):
+            put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
         for ours, theirs in DOUBLE_NORMS:
-            _put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
+            put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
         for fused, parts in DOUBLE_QKV:
             _split_fused(pool, out, src, dst, fused, parts, [hidden] * 3)
 
     for i in range(infer_depth(state_dict, OUR_SINGLE)):
         src, dst = f"{OUR_SINGLE}.{i}", f"{DIFFUSERS_SINGLE}.{i}"
-        for ours, theirs in _params(SINGLE_LINEARS):
-            _put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
+        for ours, theirs in linear_params(SINGLE_LINEARS):
+            put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
         for ours, theirs in SINGLE_NORMS:
-            _put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
+            put(out, f"{dst}.{theirs}", pool.take(f"{src}.{ours}"))
         fused, parts = SINGLE_LINEAR1
         linear1 = state_dict.get(f"{src}.{fused}.weight")
         mlp_rows = 0 if linear1 is None else linear1.shape[0] - 3 * hidden
@@ -266,37 +223,37 @@ def diffusers_to_official(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]
     """``HunyuanVideoTransformer3DModel`` keys -> official keys (our
     :class:`~taylorseer_hunyuanvideo.model.HunyuanVideo`)."""
     pool = KeyPool(state_dict, "diffusers HunyuanVideo transformer")
-    guidance = _has_prefix(state_dict, "time_text_embed.guidance_embedder")
+    guidance = has_prefix(state_dict, "time_text_embed.guidance_embedder")
     top = TOP_LEVEL_LINEARS + (GUIDANCE_LINEARS if guidance else ())
     out: dict[str, Tensor] = {}
-    for ours, theirs in _params(top):
-        _put(out, ours, pool.take(theirs))
-    for ours, theirs in _params((FINAL_MODULATION,)):
+    for ours, theirs in linear_params(top):
+        put(out, ours, pool.take(theirs))
+    for ours, theirs in linear_params((FINAL_MODULATION,)):
         tensor = pool.take(theirs)
-        _put(out, ours, None if tensor is None else _swap_halves(tensor))
+        put(out, ours, None if tensor is None else swap_halves(tensor))
 
     for i in range(infer_depth(state_dict, DIFFUSERS_REFINER)):
         src, dst = f"{DIFFUSERS_REFINER}.{i}", f"{OUR_REFINER}.{i}"
-        for ours, theirs in _params(REFINER_LINEARS):
-            _put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
+        for ours, theirs in linear_params(REFINER_LINEARS):
+            put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
         for fused, parts in REFINER_QKV:
             _cat_fused(pool, out, src, dst, parts, fused)
 
     for i in range(infer_depth(state_dict, DIFFUSERS_DOUBLE)):
         src, dst = f"{DIFFUSERS_DOUBLE}.{i}", f"{OUR_DOUBLE}.{i}"
-        for ours, theirs in _params(DOUBLE_LINEARS):
-            _put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
+        for ours, theirs in linear_params(DOUBLE_LINEARS):
+            put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
         for ours, theirs in DOUBLE_NORMS:
-            _put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
+            put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
         for fused, parts in DOUBLE_QKV:
             _cat_fused(pool, out, src, dst, parts, fused)
 
     for i in range(infer_depth(state_dict, DIFFUSERS_SINGLE)):
         src, dst = f"{DIFFUSERS_SINGLE}.{i}", f"{OUR_SINGLE}.{i}"
-        for ours, theirs in _params(SINGLE_LINEARS):
-            _put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
+        for ours, theirs in linear_params(SINGLE_LINEARS):
+            put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
         for ours, theirs in SINGLE_NORMS:
-            _put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
+            put(out, f"{dst}.{ours}", pool.take(f"{src}.{theirs}"))
         fused, parts = SINGLE_LINEAR1
         _cat_fused(pool, out, src, dst, parts, fused)
     pool.finish()
