@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from common.checkpoint import CheckpointError
+from common.cli import HelpFormatter
 from common.flops import FlopsReport
 from common.images import save_grid, save_labeled_rows
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
@@ -29,7 +30,6 @@ from taylorseer_dit.flops import dit_flops_reports, reference_step_flops
 from taylorseer_dit.models import DiT, DiT_models
 from taylorseer_dit.pipeline import decode_latents, sample_dit
 from taylorseer_dit.sampling_args import (
-    HelpFormatter,
     add_model_args,
     check_model_args,
     latent_scale,

@@ -31,13 +31,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from common.checkpoint import CheckpointError
+from common.cli import HelpFormatter
 from common.images import to_uint8
 from common.taylor_cache import TaylorCache, TaylorSeerConfig, full_step_indices
 from taylorseer_dit.defaults import BUNDLED_MODEL
 from taylorseer_dit.diffusion import GaussianDiffusion, create_diffusion
 from taylorseer_dit.models import DiT
 from taylorseer_dit.pipeline import SamplingResult, decode_latents, sample_dit
-from taylorseer_dit.sampling_args import HelpFormatter, add_model_args, check_model_args, load_model_and_vae
+from taylorseer_dit.sampling_args import add_model_args, check_model_args, load_model_and_vae
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL

@@ -17,7 +17,6 @@ from taylorseer_dit.defaults import BUNDLED_MODEL, apply_sampling_defaults, samp
 from taylorseer_dit.models import DiT, DiT_models
 
 __all__ = [
-    "HelpFormatter",
     "add_model_args",
     "check_model_args",
     "latent_scale",
@@ -28,10 +27,6 @@ __all__ = [
 
 VAE_DOWNSAMPLE = 8
 MAX_IMAGE_SIZE = 1024
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every flag's default in its help, and the module docstring's usage lines kept as written."""
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -42,7 +42,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from common.checkpoint import CheckpointError, read_state_dict
+from common.checkpoint import CheckpointError, read_state_dict, truncated_list
+from common.cli import HelpFormatter, UsageError, existing_dir, warn
 from common.quality_metrics import (
     CLIP_MODEL_ENV,
     LPIPS_NETS,
@@ -82,20 +83,6 @@ PER_IMAGE_KEYS = (
     "image_reward",
     "reference_image_reward",
 )
-MAX_LISTED = 10
-
-
-class InputError(ValueError):
-    """Bad input the user must fix (a missing folder, no pairs, a size mismatch): one line, exit code 2."""
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """The default in the help of every flag that has one, and the module docstring kept as written."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or "default:" in (action.help or ""):
-            return action.help  # no value to show, or the help already says what happens without the flag
-        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,17 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def warn(message: str) -> None:
-    print(f"warning: {' '.join(message.split())}", file=sys.stderr)
-
-
-def existing_dir(path: str | Path, what: str) -> Path:
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise InputError(f"{what} folder not found: {folder.absolute()}")
-    return folder
-
-
 def image_name(index: int) -> str:
     """The file name ``sample.py`` gives image ``index``."""
     return f"{index:05d}.png"
@@ -157,7 +133,7 @@ def read_prompt_file(path: str | Path) -> dict[str, str]:
     """Non-empty lines of a prompt file; the i-th one is the prompt of image ``{i:05d}.png``."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise InputError(f"prompt file not found: {path.absolute()}")
+        raise UsageError(f"prompt file not found: {path.absolute()}")
     prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return {image_name(i): prompt for i, prompt in enumerate(prompts)}
 
@@ -172,9 +148,9 @@ def read_metadata(path: Path) -> dict[str, tuple[str, object]]:
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+            raise UsageError(f"{path}:{number}: not JSON ({exc.msg})") from exc
         if not isinstance(entry, dict) or not isinstance(entry.get("index"), int) or "prompt" not in entry:
-            raise InputError(f"{path}:{number}: expected an object with an integer 'index' and a 'prompt'")
+            raise UsageError(f"{path}:{number}: expected an object with an integer 'index' and a 'prompt'")
         name = str(entry.get("file") or image_name(entry["index"]))
         entries[name] = (str(entry["prompt"]), entry.get("seed"))
     return entries
@@ -194,9 +170,9 @@ def collect_prompts(prompt_file: str | None, folders: Sequence[Path]) -> tuple[d
         for name, (prompt, seed) in read_metadata(source).items():
             prompt0, seed0, source0 = first.setdefault(name, (prompt, seed, source))
             if prompt != prompt0:
-                raise InputError(f"{name} has different prompts in {source0} and {source}: runs are not comparable")
+                raise UsageError(f"{name} has different prompts in {source0} and {source}: runs are not comparable")
             if seed is not None and seed0 is not None and seed != seed0:
-                raise InputError(
+                raise UsageError(
                     f"{name} has seed {seed0} in {source0} but {seed} in {source}: pairs must share prompt and seed"
                 )
     return {name: prompt for name, (prompt, _, _) in first.items()}, ", ".join(map(str, sources))
@@ -207,7 +183,7 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.size
     except OSError as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from exc
+        raise UsageError(f"cannot read image {path}: {exc}") from exc
 
 
 def load_image(path: Path) -> torch.Tensor:
@@ -218,12 +194,12 @@ def load_image(path: Path) -> torch.Tensor:
 
 
 def check_sizes(reference_dir: Path, candidate_dir: Path, names: Sequence[str]) -> list[tuple[int, int]]:
-    """The size of every pair, read from the file headers before any metric runs; a mismatch is an InputError."""
+    """The size of every pair, read from the file headers before any metric runs; a mismatch is an UsageError."""
     sizes = []
     for name in names:
         reference, candidate = image_size(reference_dir / name), image_size(candidate_dir / name)
         if reference != candidate:
-            raise InputError(
+            raise UsageError(
                 f"{name}: reference is {reference[0]}x{reference[1]} but {candidate_dir} has {candidate[0]}x"
                 f"{candidate[1]}; pairs must have the same size"
             )
@@ -423,21 +399,16 @@ def table(record: dict) -> str:
     return markdown_table(["run", "pairs", *(title for _, title, _ in TABLE_COLUMNS)], rows)
 
 
-def listed(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:MAX_LISTED])
-    return shown + (f" ... and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
-
-
 def main(args: argparse.Namespace) -> dict:
     if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     reference_dir = existing_dir(args.reference_dir, "reference")
     candidate_dirs = [existing_dir(folder, "candidate") for folder in args.candidate_dir]
     pairings, sizes = [], []
     for folder in candidate_dirs:
         pairs = pair_files(reference_dir, folder, IMAGE_SUFFIXES)
         if not pairs.names:
-            raise InputError(
+            raise UsageError(
                 f"no image pairs: {folder} and {reference_dir} share no file name "
                 f"({len(pairs.only_candidate)} vs {len(pairs.only_reference)} images)"
             )
@@ -452,7 +423,7 @@ def main(args: argparse.Namespace) -> dict:
     if prompts is None:
         warn(f"CLIP score and ImageReward skipped (null): no --prompt-file and no {METADATA_FILE} in the folders")
     elif unprompted:
-        warn(f"CLIP score and ImageReward skipped (null): no prompt for {listed(unprompted)}")
+        warn(f"CLIP score and ImageReward skipped (null): no prompt for {truncated_list(unprompted)}")
         prompts = None
     else:
         clip, image_reward = load_clip(args, device), load_image_reward(args, device)
@@ -463,7 +434,7 @@ def main(args: argparse.Namespace) -> dict:
     for folder, pairs, pair_sizes in zip(candidate_dirs, pairings, sizes, strict=True):
         for side, names in (("reference", pairs.only_reference), ("candidate", pairs.only_candidate)):
             if names:
-                warn(f"{folder}: {len(names)} image(s) only in the {side} folder, not scored: {listed(names)}")
+                warn(f"{folder}: {len(names)} image(s) only in the {side} folder, not scored: {truncated_list(names)}")
         records = score_candidate(
             reference_dir, folder, pairs.names, pair_sizes, scorers, reference_cache, args.batch_size, args.progress
         )

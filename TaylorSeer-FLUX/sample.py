@@ -36,7 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from common.checkpoint import CheckpointError
-from common.cli import add_taylorseer_args, taylorseer_config_from_args
+from common.cli import HelpFormatter, UsageError, add_taylorseer_args, taylorseer_config_from_args
 from common.images import to_uint8
 from common.taylor_cache import TaylorSeerConfig, full_step_indices
 from taylorseer_flux.flops import flux_flops_report
@@ -66,14 +66,6 @@ TEMP_SUFFIX = ".tmp"
 UNCOMPARED_FIELDS = ("index", "file", "weights")
 # Ranks wait at the final barrier for the slowest one.
 BARRIER_TIMEOUT = datetime.timedelta(hours=24)
-
-
-class UsageError(Exception):
-    """A setting that cannot work with these weights or this output folder; the message says how to fix it."""
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every flag's default in its help, and the module docstring's usage lines kept as written."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,7 +39,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.checkpoint import CheckpointError
+from common.checkpoint import CheckpointError, truncated_list
+from common.cli import HelpFormatter, UsageError, existing_dir, warn
 from common.quality_metrics import (
     LPIPS_NETS,
     LPIPS_WEIGHTS_ENV,
@@ -57,7 +58,6 @@ from common.quality_metrics import (
 from common.video_io import read_video
 
 VIDEO_SUFFIXES = (".mp4",)
-MAX_LISTED = 10
 
 # VBench's standard aggregation, from Vchitect/VBench scripts/constant.py (NORMALIZE_DIC, DIM_WEIGHT, QUALITY_LIST,
 # SEMANTIC_LIST, QUALITY_WEIGHT = 4, SEMANTIC_WEIGHT = 1) as scripts/cal_final_score.py applies them; dimension names
@@ -111,19 +111,6 @@ VBENCH_INSTALL = (
 )
 
 
-class InputError(ValueError):
-    """Bad input the user must fix (a missing folder, no pairs, mismatched videos): one line, exit code 2."""
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """The default in the help of every flag that has one, and the module docstring kept as written."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or "default:" in (action.help or ""):
-            return action.help  # no value to show, or the help already says what happens without the flag
-        return super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     paired = parser.add_argument_group("paired videos", "PSNR, SSIM and LPIPS against the full-compute videos")
@@ -174,22 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def warn(message: str) -> None:
-    print(f"warning: {' '.join(message.split())}", file=sys.stderr)
-
-
-def existing_dir(path: str | Path, what: str) -> Path:
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise InputError(f"{what} folder not found: {folder.absolute()}")
-    return folder
-
-
-def listed(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:MAX_LISTED])
-    return shown + (f" ... and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
-
-
 def aggregate_vbench(scores: Mapping[str, float]) -> dict:
     """VBench's quality, semantic and total scores from raw per-dimension scores (fractions, as VBench reports them).
 
@@ -236,33 +207,33 @@ def aggregate_vbench(scores: Mapping[str, float]) -> dict:
 def read_vbench_results(paths: Sequence[str | Path]) -> tuple[dict[str, float], list[str]]:
     """Raw per-dimension scores from VBench's ``*_eval_results.json`` files (``{dimension: [score, per-video]}``),
     given as files or folders holding them; returns the scores and the files read. A dimension found in two files
-    with different scores is an InputError."""
+    with different scores is an UsageError."""
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
             found = sorted(path.glob(f"*{VBENCH_RESULTS_SUFFIX}"))
             if not found:
-                raise InputError(f"no *{VBENCH_RESULTS_SUFFIX} files in {path.absolute()}")
+                raise UsageError(f"no *{VBENCH_RESULTS_SUFFIX} files in {path.absolute()}")
             files += found
         elif path.is_file():
             files.append(path)
         else:
-            raise InputError(f"VBench results not found: {path.absolute()}")
+            raise UsageError(f"VBench results not found: {path.absolute()}")
     scores: dict[str, float] = {}
     origin: dict[str, Path] = {}
     for file in files:
         try:
             content = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"cannot read VBench results {file}: {exc}") from exc
+            raise UsageError(f"cannot read VBench results {file}: {exc}") from exc
         if not isinstance(content, dict):
-            raise InputError(f"{file}: expected VBench's {{dimension: [score, per-video results]}} object")
+            raise UsageError(f"{file}: expected VBench's {{dimension: [score, per-video results]}} object")
         for dimension, value in content.items():
             score = value[0] if isinstance(value, list) and value else value
             if not isinstance(score, int | float):
-                raise InputError(f"{file}: no score for dimension '{dimension}'")
+                raise UsageError(f"{file}: no score for dimension '{dimension}'")
             if dimension in scores and scores[dimension] != score:
-                raise InputError(
+                raise UsageError(
                     f"dimension '{dimension}' scores {scores[dimension]} in {origin[dimension]} but {score} in {file}"
                 )
             scores[dimension], origin[dimension] = float(score), file
@@ -276,7 +247,7 @@ def run_vbench(
     try:
         from vbench import VBench
     except ImportError as exc:
-        raise InputError(VBENCH_INSTALL.format(reason=exc)) from exc
+        raise UsageError(VBENCH_INSTALL.format(reason=exc)) from exc
     name = videos.name
     VBench(device, str(info), str(output_dir)).evaluate(
         videos_path=str(videos),
@@ -306,19 +277,19 @@ def read_frames(path: Path) -> np.ndarray:
     try:
         return read_video(path)
     except (OSError, RuntimeError, ValueError) as exc:
-        raise InputError(f"cannot read video {path}: {' '.join(str(exc).split())}") from exc
+        raise UsageError(f"cannot read video {path}: {' '.join(str(exc).split())}") from exc
 
 
 def evaluate_pairs(args: argparse.Namespace, device: torch.device) -> tuple[dict, str]:
     if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     reference_dir = existing_dir(args.reference_dir, "reference")
     candidate_dirs = [existing_dir(folder, "candidate") for folder in args.candidate_dir]
     pairings = []
     for folder in candidate_dirs:
         pairs = pair_files(reference_dir, folder, VIDEO_SUFFIXES)
         if not pairs.names:
-            raise InputError(
+            raise UsageError(
                 f"no video pairs: {folder} and {reference_dir} share no file name "
                 f"({len(pairs.only_candidate)} vs {len(pairs.only_reference)} videos)"
             )
@@ -333,14 +304,14 @@ def evaluate_pairs(args: argparse.Namespace, device: torch.device) -> tuple[dict
     for folder, pairs in zip(candidate_dirs, pairings, strict=True):
         for side, names in (("reference", pairs.only_reference), ("candidate", pairs.only_candidate)):
             if names:
-                warn(f"{folder}: {len(names)} video(s) only in the {side} folder, not scored: {listed(names)}")
+                warn(f"{folder}: {len(names)} video(s) only in the {side} folder, not scored: {truncated_list(names)}")
         per_video = []
         for name in tqdm(pairs.names, desc=folder.name, unit="video", disable=not args.progress):
             reference, candidate = read_frames(reference_dir / name), read_frames(folder / name)
             try:
                 values = video_metrics(reference, candidate, metrics, args.batch_size)
             except ValueError as exc:
-                raise InputError(f"{name} in {folder} vs {reference_dir}: {exc}") from exc
+                raise UsageError(f"{name} in {folder} vs {reference_dir}: {exc}") from exc
             per_video.append({"file": name, **values, **({"lpips": None} if lpips_model is None else {})})
         candidates.append(
             {
@@ -375,17 +346,17 @@ def evaluate_vbench(args: argparse.Namespace, device: torch.device) -> tuple[dic
     else:
         videos = existing_dir(args.vbench, "video")
         if not args.vbench_info:
-            raise InputError("--vbench needs --vbench-info, VBench's full-info JSON (e.g. VBench_full_info.json)")
+            raise UsageError("--vbench needs --vbench-info, VBench's full-info JSON (e.g. VBench_full_info.json)")
         info = Path(args.vbench_info).expanduser()
         if not info.is_file():
-            raise InputError(f"VBench full-info JSON not found: {info.absolute()}")
+            raise UsageError(f"VBench full-info JSON not found: {info.absolute()}")
         output_dir = Path(args.vbench_output or videos.parent / f"{videos.name}-vbench").expanduser()
         results = run_vbench(videos, info, args.dimensions, output_dir, device, args.vbench_local_checkpoints)
         scores, files = read_vbench_results([results])
     try:
         aggregated = aggregate_vbench(scores)
     except ValueError as exc:
-        raise InputError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     if aggregated["missing"]:
         warn(f"VBench dimensions missing, their group scores are null: {', '.join(aggregated['missing'])}")
     record = {"videos": None if videos is None else str(videos), "results_files": files, **aggregated}
@@ -405,9 +376,9 @@ def default_output(args: argparse.Namespace) -> Path:
 def main(args: argparse.Namespace) -> dict:
     modes = [bool(args.reference_dir or args.candidate_dir), bool(args.vbench), bool(args.vbench_results)]
     if sum(modes) != 1:
-        raise InputError("choose one mode: --reference-dir with --candidate-dir, --vbench, or --vbench-results")
+        raise UsageError("choose one mode: --reference-dir with --candidate-dir, --vbench, or --vbench-results")
     if modes[0] and not (args.reference_dir and args.candidate_dir):
-        raise InputError("paired mode needs both --reference-dir and --candidate-dir")
+        raise UsageError("paired mode needs both --reference-dir and --candidate-dir")
     device = resolve_device(args.device)
     record, markdown = evaluate_pairs(args, device) if modes[0] else evaluate_vbench(args, device)
     output = Path(args.output).expanduser() if args.output else default_output(args)

@@ -42,7 +42,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from common.checkpoint import CheckpointError
-from common.cli import add_taylorseer_args, taylorseer_config_from_args
+from common.cli import HelpFormatter, UsageError, add_taylorseer_args, taylorseer_config_from_args
 from common.sequence_parallel import SequenceParallel
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
 from common.video_io import video_to_uint8_frames, write_video
@@ -62,10 +62,6 @@ BARRIER_TIMEOUT = datetime.timedelta(hours=24)
 MAX_FILE_NAME_BYTES = 255
 SINGLE_PROMPT_NAME_CHARS = 100
 """Upstream names single-prompt videos after the first 100 characters of the prompt."""
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every flag's default in its help, and the module docstring's usage lines kept as written."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,10 +334,6 @@ def print_flops(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- distribution
-
-
-class UsageError(Exception):
-    """A launch that cannot work as given; the message says how to fix it."""
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,53 @@
-"""Command-line flags shared by every tree's scripts; they map 1:1 onto :class:`TaylorSeerConfig`."""
+"""What every tree's scripts share on the command line: the TaylorSeer flags (1:1 onto :class:`TaylorSeerConfig`),
+the help formatter, and the one error type that scripts print as a single ``error:`` line with exit code 2."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
 from .taylor_cache import TaylorSeerConfig
 
-__all__ = ["add_taylorseer_args", "taylorseer_config_from_args"]
+__all__ = [
+    "add_taylorseer_args",
+    "taylorseer_config_from_args",
+    "HelpFormatter",
+    "UsageError",
+    "warn",
+    "existing_dir",
+]
 
 _DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every flag's default in its help, and the module docstring's usage lines kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help  # no value to show, or the help already says what happens without the flag
+        return super()._get_help_string(action)
+
+
+class UsageError(ValueError):
+    """A setting or input that cannot work as given (a missing folder, a launch that does not fit the flags, ...);
+    the message says how to fix it. Scripts print it as one ``error:`` line and exit with code 2."""
+
+
+def warn(message: str) -> None:
+    """One ``warning:`` line on stderr, whitespace collapsed."""
+    print(f"warning: {' '.join(message.split())}", file=sys.stderr)
+
+
+def existing_dir(path: str | Path, what: str) -> Path:
+    """``path`` as a folder that exists, or a :class:`UsageError` naming it."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise UsageError(f"{what} folder not found: {folder.absolute()}")
+    return folder
 
 
 def add_taylorseer_args(

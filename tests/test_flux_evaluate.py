@@ -225,10 +225,10 @@ def test_missing_folder_and_size_mismatch_are_errors(runs, tmp_path, monkeypatch
 def test_disagreeing_prompts_or_seeds_are_errors(runs):
     metadata = runs["shifted"] / "metadata.jsonl"
     metadata.write_text(json.dumps({"index": 0, "prompt": "something else"}) + "\n")
-    with pytest.raises(evaluate.InputError, match="different prompts"):
+    with pytest.raises(evaluate.UsageError, match="different prompts"):
         run_main("--reference-dir", str(runs["reference"]), "--candidate-dir", str(runs["shifted"]))
     metadata.write_text(json.dumps({"index": 1, "file": "00001.png", "prompt": PROMPTS[1], "seed": 7}) + "\n")
-    with pytest.raises(evaluate.InputError, match="00001.png has seed 1 in .* but 7 in"):
+    with pytest.raises(evaluate.UsageError, match="00001.png has seed 1 in .* but 7 in"):
         run_main("--reference-dir", str(runs["reference"]), "--candidate-dir", str(runs["shifted"]))
 
 
