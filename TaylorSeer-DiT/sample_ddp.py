@@ -15,7 +15,6 @@ ADM / guided-diffusion FID evaluator) and writes the settings and timings to {sa
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -26,12 +25,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
 from common.checkpoint import CheckpointError
 from common.cli import HelpFormatter
+from common.distributed import Distributed, setup_distributed
 from common.images import to_uint8
 from common.taylor_cache import TaylorCache, TaylorSeerConfig, full_step_indices
 from taylorseer_dit.defaults import BUNDLED_MODEL
@@ -43,8 +42,6 @@ from taylorseer_dit.sampling_args import add_model_args, check_model_args, load_
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
 
-# Ranks wait at the final barrier for the slowest one, which on a resumed run may have hours more batches to redo.
-BARRIER_TIMEOUT = datetime.timedelta(hours=24)
 TEMP_SUFFIX = ".tmp"
 
 
@@ -101,36 +98,6 @@ def folder_name(args: argparse.Namespace, config: TaylorSeerConfig) -> str:
 
 
 # Distribution of the work.
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in the job; ``initialized`` is False for a plain single process (no process group)."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-    initialized: bool
-
-    def barrier(self) -> None:
-        if self.initialized:
-            dist.barrier()
-
-
-def setup_distributed(device_arg: str | None) -> Distributed:
-    """Join torchrun's process group (NCCL on CUDA, gloo on CPU); without torchrun's variables, one plain process."""
-    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    local_rank = int(os.environ.get("LOCAL_RANK", 0)) if launched else 0
-    if device_arg is None:
-        device_arg = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_arg)
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)  # NCCL's collectives run on the current device
-    if not launched:
-        return Distributed(rank=0, world_size=1, device=device, initialized=False)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, timeout=BARRIER_TIMEOUT)
-    return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, initialized=True)
 
 
 def global_batches(num_samples: int, batch_size: int) -> list[range]:
@@ -350,8 +317,7 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
     try:
         return run(args, config, setup)
     finally:
-        if setup.initialized:
-            dist.destroy_process_group()
+        setup.close()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ plain model.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -37,6 +36,7 @@ from tqdm import tqdm
 
 from common.checkpoint import CheckpointError
 from common.cli import HelpFormatter, UsageError, add_taylorseer_args, taylorseer_config_from_args
+from common.distributed import Distributed, setup_distributed
 from common.images import to_uint8
 from common.taylor_cache import TaylorSeerConfig, full_step_indices
 from taylorseer_flux.flops import flux_flops_report
@@ -64,8 +64,6 @@ METADATA = "metadata.jsonl"
 TEMP_SUFFIX = ".tmp"
 # Recorded for information only: moving the weights does not change the images.
 UNCOMPARED_FIELDS = ("index", "file", "weights")
-# Ranks wait at the final barrier for the slowest one.
-BARRIER_TIMEOUT = datetime.timedelta(hours=24)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,35 +229,6 @@ def print_flops(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
 
 
 # Distribution of the work.
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in the job; ``initialized`` is False for a plain single process."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-    initialized: bool
-
-    def barrier(self) -> None:
-        if self.initialized:
-            dist.barrier()
-
-
-def setup_distributed(device_arg: str | None) -> Distributed:
-    """Join torchrun's process group (NCCL on CUDA, gloo on CPU); without torchrun's variables, one plain process."""
-    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    local_rank = int(os.environ.get("LOCAL_RANK", 0)) if launched else 0
-    if device_arg is None:
-        device_arg = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_arg)
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)
-    if not launched:
-        return Distributed(rank=0, world_size=1, device=device, initialized=False)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=BARRIER_TIMEOUT)
-    return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, initialized=True)
 
 
 # The images of a run.
@@ -504,8 +473,7 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
     try:
         return generate(args, config, setup)
     finally:
-        if setup.initialized:
-            dist.destroy_process_group()
+        setup.close()
 
 
 def cli(argv: list[str] | None = None) -> dict:

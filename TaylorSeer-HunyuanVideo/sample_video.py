@@ -30,9 +30,7 @@ A "/" in a prompt becomes "_" in its file name, so that no prompt can name a sub
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +41,7 @@ from tqdm.auto import tqdm
 
 from common.checkpoint import CheckpointError
 from common.cli import HelpFormatter, UsageError, add_taylorseer_args, taylorseer_config_from_args
+from common.distributed import Distributed, launched_world_size, setup_distributed
 from common.sequence_parallel import SequenceParallel
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
 from common.video_io import video_to_uint8_frames, write_video
@@ -57,8 +56,6 @@ from taylorseer_hunyuanvideo.weights import (
     load_components,
 )
 
-# Ranks wait at the final barrier for the slowest one, which may have hours of videos left.
-BARRIER_TIMEOUT = datetime.timedelta(hours=24)
 MAX_FILE_NAME_BYTES = 255
 SINGLE_PROMPT_NAME_CHARS = 100
 """Upstream names single-prompt videos after the first 100 characters of the prompt."""
@@ -337,19 +334,24 @@ def print_flops(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
 
 
 @dataclass(frozen=True)
-class Distributed:
-    """This process's place in the job; ``initialized`` is False for a plain single process.
+class VideoRanks:
+    """This process's place in the job (``process``), and its sequence-parallel group.
 
     Ranks form groups of ``ulysses_degree`` consecutive ranks; a group makes one video at a time (``sequence_parallel``
     is its group, None without sequence parallelism), the groups split the videos, and the group's first rank writes.
     """
 
-    rank: int
-    world_size: int
-    device: torch.device
-    initialized: bool
+    process: Distributed
     ulysses_degree: int = 1
     sequence_parallel: SequenceParallel | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.process.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.process.world_size
 
     @property
     def group_index(self) -> int:
@@ -363,40 +365,26 @@ class Distributed:
     def writes(self) -> bool:
         return self.rank % self.ulysses_degree == 0
 
-    def barrier(self) -> None:
-        if self.initialized:
-            dist.barrier()
 
-
-def setup_distributed(device_arg: str | None, ulysses_degree: int = 1) -> Distributed:
-    """Join torchrun's process group (NCCL on CUDA, gloo on CPU); without torchrun's variables, one plain process.
-    With ``ulysses_degree`` K > 1, every rank also creates the sequence-parallel groups (ranks 0..K-1, K..2K-1, ...)."""
-    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    world_size = int(os.environ["WORLD_SIZE"]) if launched else 1
+def join_video_ranks(device_arg: str | None, ulysses_degree: int = 1) -> VideoRanks:
+    """Join the job (:func:`~common.distributed.setup_distributed`); with ``ulysses_degree`` K > 1, every rank also
+    creates the sequence-parallel groups (ranks 0..K-1, K..2K-1, ...)."""
+    world_size = launched_world_size()
     if world_size % ulysses_degree:
-        how = f"torchrun --nproc_per_node={ulysses_degree} (or a multiple)" if not launched else "a multiple of it"
+        how = "a multiple of it" if world_size > 1 else f"torchrun --nproc_per_node={ulysses_degree} (or a multiple)"
         raise UsageError(
             f"--ulysses-degree {ulysses_degree} needs a number of processes divisible by it, got {world_size}: "
             f"launch with {how}"
         )
-    local_rank = int(os.environ.get("LOCAL_RANK", 0)) if launched else 0
-    if device_arg is None:
-        device_arg = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_arg)
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)
-    if not launched:
-        return Distributed(0, 1, device, False)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=BARRIER_TIMEOUT)
-    rank = dist.get_rank()
+    process = setup_distributed(device_arg)
     sequence_parallel = None
     if ulysses_degree > 1:
         # new_group is collective: every rank creates every group, in the same order.
         for first in range(0, world_size, ulysses_degree):
             group = dist.new_group(list(range(first, first + ulysses_degree)))
-            if first <= rank < first + ulysses_degree:
+            if first <= process.rank < first + ulysses_degree:
                 sequence_parallel = SequenceParallel.from_group(group)
-    return Distributed(rank, world_size, device, True, ulysses_degree, sequence_parallel)
+    return VideoRanks(process, ulysses_degree, sequence_parallel)
 
 
 # ------------------------------------------------------------------------------------------------------ sampling
@@ -451,21 +439,21 @@ def load_pipeline(
     )
 
 
-def run(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distributed) -> dict:
+def run(args: argparse.Namespace, config: TaylorSeerConfig, ranks: VideoRanks) -> dict:
     """Make this rank's share of the pending videos; returns what it did."""
-    pipe = load_pipeline(args, setup.device, setup.sequence_parallel)
+    pipe = load_pipeline(args, ranks.process.device, ranks.sequence_parallel)
     vbench = args.prompt is None
     jobs = video_jobs(args)
     # In VBench mode existing videos are done. Every rank lists what is pending before any rank writes (barrier),
     # so all ranks see the same list and split it the same way.
     pending = [job for job in jobs if not (vbench and job.path.exists())]
-    setup.barrier()
-    mine = pending[setup.group_index :: setup.num_groups]
+    ranks.process.barrier()
+    mine = pending[ranks.group_index :: ranks.num_groups]
     cache = None if config.is_uncached else TaylorCache(config)  # reset by the pipeline for every video
     height, width = args.video_size
     written, seconds = [], []
     full = forecast = None
-    for job in tqdm(mine, desc="videos", disable=setup.rank != 0 or not vbench):
+    for job in tqdm(mine, desc="videos", disable=ranks.rank != 0 or not vbench):
         out = pipe(
             job.prompt,
             height=height,
@@ -479,10 +467,10 @@ def run(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distributed) 
             cfg_scale=args.cfg_scale,
             negative_prompt=args.neg_prompt,
             cache=cache,
-            progress=setup.rank == 0 and not vbench,
+            progress=ranks.rank == 0 and not vbench,
         )
         full, forecast = out.num_full_steps, out.num_forecast_steps
-        if not setup.writes:  # the group's first rank writes the video all its ranks made
+        if not ranks.writes:  # the group's first rank writes the video all its ranks made
             continue
         write_video(job.path, video_to_uint8_frames(out.video), fps=args.fps, quality=None if args.lossless else 8.0)
         written.append(str(job.path))
@@ -492,14 +480,14 @@ def run(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distributed) 
             f"seed {job.seed}) -> {job.path}"
         )
     print(
-        f"rank {setup.rank}/{setup.world_size}: wrote {len(written)} videos; {len(jobs) - len(pending)} of "
+        f"rank {ranks.rank}/{ranks.world_size}: wrote {len(written)} videos; {len(jobs) - len(pending)} of "
         f"{len(jobs)} were already there",
         flush=True,
     )
-    setup.barrier()
+    ranks.process.barrier()
     summary = {
-        "rank": setup.rank,
-        "world_size": setup.world_size,
+        "rank": ranks.rank,
+        "world_size": ranks.world_size,
         "videos": written,
         "seconds": seconds,
         "skipped": len(jobs) - len(pending),
@@ -517,12 +505,11 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
         return print_flops(args, config)
     check_model_files(find_model_files(args.model_base, args.dit_weight))  # before anything starts: fail fast
     _quiet_loading_bars()
-    setup = setup_distributed(args.device, args.ulysses_degree)
+    ranks = join_video_ranks(args.device, args.ulysses_degree)
     try:
-        return run(args, config, setup)
+        return run(args, config, ranks)
     finally:
-        if setup.initialized:
-            dist.destroy_process_group()
+        ranks.process.close()
 
 
 def _quiet_loading_bars() -> None:
