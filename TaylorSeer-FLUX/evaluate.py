@@ -58,6 +58,7 @@ from common.quality_metrics import (
     pair_files,
     resolve_clip_model,
     resolve_device,
+    save_report,
 )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -464,13 +465,7 @@ def main(args: argparse.Namespace) -> dict:
         },
         "candidates": candidates,
     }
-    output = Path(args.output).expanduser() if args.output else default_output(args.candidate_dir[0])
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-    markdown = table(record)
-    output.with_suffix(".md").write_text(markdown + "\n")
-    print(markdown)
-    print(f"saved {output} and {output.with_suffix('.md')}")
+    save_report(args.output or default_output(args.candidate_dir[0]), record, table(record))
     return record
 
 

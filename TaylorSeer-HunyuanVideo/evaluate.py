@@ -53,6 +53,7 @@ from common.quality_metrics import (
     mean_or_none,
     pair_files,
     resolve_device,
+    save_report,
     video_metrics,
 )
 from common.video_io import read_video
@@ -381,12 +382,7 @@ def main(args: argparse.Namespace) -> dict:
         raise UsageError("paired mode needs both --reference-dir and --candidate-dir")
     device = resolve_device(args.device)
     record, markdown = evaluate_pairs(args, device) if modes[0] else evaluate_vbench(args, device)
-    output = Path(args.output).expanduser() if args.output else default_output(args)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-    output.with_suffix(".md").write_text(markdown + "\n")
-    print(markdown)
-    print(f"saved {output} and {output.with_suffix('.md')}")
+    save_report(args.output or default_output(args), record, markdown)
     return record
 
 

@@ -18,6 +18,7 @@ CLIPScore defines it, from a local folder in the layout of ``openai/clip-vit-lar
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -33,6 +34,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from common.checkpoint import CheckpointError, KeyPool, load_state_dict_checked, read_state_dict
 
 __all__ = [
+    "save_report",
     "PSNR_CAP_DB",
     "LPIPS_NETS",
     "LPIPS_WEIGHTS_ENV",
@@ -375,3 +377,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device '{name}' was asked for, but torch sees no CUDA GPU; use --device cpu")
     return device
+
+
+def save_report(output: str | Path, record: dict, markdown: str) -> Path:
+    """Write ``record`` as JSON at ``output`` and ``markdown`` beside it (``.md``), print the table, return the path.
+    NaN is refused (``allow_nan=False``): a metric that could not be computed is null, never NaN."""
+    output = Path(output).expanduser()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    output.with_suffix(".md").write_text(markdown + "\n")
+    print(markdown)
+    print(f"saved {output} and {output.with_suffix('.md')}")
+    return output
