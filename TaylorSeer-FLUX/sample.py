@@ -29,6 +29,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
@@ -37,7 +38,7 @@ from tqdm import tqdm
 from common.checkpoint import CheckpointError
 from common.cli import HelpFormatter, UsageError, add_taylorseer_args, taylorseer_config_from_args
 from common.distributed import Distributed, setup_distributed
-from common.images import to_uint8
+from common.images import save_grid, to_uint8
 from common.taylor_cache import TaylorSeerConfig, full_step_indices
 from taylorseer_flux.flops import flux_flops_report
 from taylorseer_flux.model import FLUX_PRESETS, FluxParams
@@ -61,6 +62,11 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 PUBLISHED_SIZE_RANGE = (256, 2048)
 CUSTOM_SIZE_RANGE = (IMAGE_MULTIPLE, 2048)
 METADATA = "metadata.jsonl"
+# A contact sheet of the first images, in a sub-folder so that evaluate.py (which pairs the folder's own PNGs) never
+# mistakes it for a sample.
+OVERVIEW = Path("overview") / "grid.png"
+OVERVIEW_IMAGES = 16
+OVERVIEW_THUMBNAIL = 256
 TEMP_SUFFIX = ".tmp"
 # Recorded for information only: moving the weights does not change the images.
 UNCOMPARED_FIELDS = ("index", "file", "weights")
@@ -426,6 +432,22 @@ def sample_batches(
             bar.update(len(batch))
 
 
+def save_overview(folder: Path) -> Path | None:
+    """``overview/grid.png``: the folder's first 16 images (by index), 4 per row, at most 256 pixels a side, so a run
+    can be judged at a glance; None when the folder holds no image."""
+    paths = sorted(folder.glob("[0-9]*.png"))[:OVERVIEW_IMAGES]
+    if not paths:
+        return None
+    thumbnails = []
+    for path in paths:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            image.thumbnail((OVERVIEW_THUMBNAIL, OVERVIEW_THUMBNAIL))
+            pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float()
+            thumbnails.append(pixels / 127.5 - 1)  # [-1, 1] as save_grid expects
+    return save_grid(torch.stack(thumbnails), folder / OVERVIEW, nrow=4)
+
+
 def report(
     args: argparse.Namespace,
     config: TaylorSeerConfig,
@@ -461,6 +483,10 @@ def report(
         )
     method = "plain model" if config.is_uncached else f"TaylorSeer N={config.interval} O={config.max_order}"
     print(f"{method}: {full} full + {args.num_steps - full} forecast steps of {args.num_steps}")
+    overview = save_overview(folder)
+    summary["overview"] = None if overview is None else str(overview)
+    if overview is not None:
+        print(f"overview of the first images: {overview}")
     print(json.dumps({k: v for k, v in summary.items() if k != "files"}))
     return summary
 

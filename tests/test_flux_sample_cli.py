@@ -78,7 +78,7 @@ def first_run(checkpoint, prompt_file, tmp_path_factory) -> tuple[Path, dict, st
 def test_run_writes_one_png_per_index_and_their_settings(first_run) -> None:
     folder, summary, stdout = first_run
     names = [f"{i:05d}.png" for i in range(4)]
-    assert sorted(path.name for path in folder.iterdir()) == sorted([*names, METADATA])  # no temporary file left
+    assert sorted(path.name for path in folder.iterdir()) == sorted([*names, METADATA, "overview"])  # no temp file
     images = read_pngs(folder)
     assert all(image.shape == (32, 48, 3) and image.dtype == np.uint8 for image in images.values())
     assert images["00000.png"].std() > 10  # a real image, not a constant
@@ -98,6 +98,12 @@ def test_run_writes_one_png_per_index_and_their_settings(first_run) -> None:
     assert (summary["written"], summary["skipped"], summary["full_steps"], summary["forecast_steps"]) == (4, 0, 3, 1)
     assert "wall time per image:" in stdout and "3 full + 1 forecast steps" in stdout
     assert last_json_line(stdout)["seconds_per_image"] > 0
+    # The overview: the 4 images of 48x32 side by side (torchvision's 2-pixel padding), outside the paired PNGs.
+    assert summary["overview"] == str(folder / "overview" / "grid.png")
+    with Image.open(summary["overview"]) as grid:
+        assert grid.size == (2 + 4 * (48 + 2), 2 + 32 + 2)
+        first = np.asarray(grid)[2 : 2 + 32, 2 : 2 + 48]
+    np.testing.assert_array_equal(first, read_pngs(folder)["00000.png"][..., :3])
 
 
 def test_image_k_is_drawn_from_seed_plus_k(first_run, checkpoint, tmp_path) -> None:
