@@ -89,8 +89,7 @@ def read_dit_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict in our (original DiT) keys from any accepted checkpoint format; see the module docstring."""
     path = Path(path)
     if path.is_dir():
-        state_dict, _ = load_diffusers_dit_folder(path)
-        return state_dict
+        return load_diffusers_dit_folder(path)
     return read_state_dict(path, nested=TRAIN_CHECKPOINT_WEIGHTS)
 
 

@@ -31,17 +31,21 @@ weights run here exactly as the original checkpoint they were converted from.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common.checkpoint import CheckpointError, KeyPool, read_state_dict, require_path, truncated_list
-from common.key_mapping import put
+from common.checkpoint import (
+    CheckpointError,
+    KeyPool,
+    find_diffusers_model_folder,
+    read_diffusers_folder,
+    truncated_list,
+)
+from common.key_mapping import LINEAR, infer_depth, put, split_rows
 from taylorseer_dit.models import DiT, get_2d_sincos_pos_embed
 
 __all__ = [
@@ -54,7 +58,6 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
-LINEAR = ("weight", "bias")
 EMBEDDING = ("weight",)
 
 # (ours, diffusers, parameter names) for modules renamed one to one at the top level.
@@ -88,14 +91,7 @@ DIFFUSERS_FREQUENCY_EMBEDDING_SIZE = 256
 DIFFUSERS_MLP_RATIO = 4.0
 DIFFUSERS_CLASS_DROPOUT = 0.1
 DIFFUSERS_CLASS_NAMES = ("DiTTransformer2DModel", "Transformer2DModel")  # the hub's config still names the old one
-
-CONFIG_NAME = "config.json"
 PIPELINE_SUBFOLDER = "transformer"
-# (sharded index, single file), in order of preference: safetensors first, as diffusers does.
-WEIGHT_FILES = (
-    ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors"),
-    ("diffusion_pytorch_model.bin.index.json", "diffusion_pytorch_model.bin"),
-)
 
 
 def dit_to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -106,7 +102,7 @@ def dit_to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     checked to be the sin-cos table (diffusers recomputes it) and then dropped.
     """
     pool = KeyPool(state_dict, "original DiT")
-    depth = infer_depth(state_dict, OUR_BLOCKS)
+    depth = _depth(state_dict, OUR_BLOCKS)
     out: dict[str, Tensor] = {}
     for ours, theirs in _param_pairs(TOP_LEVEL):
         put(out, theirs, pool.take(ours))
@@ -117,7 +113,7 @@ def dit_to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
             key = f"{OUR_BLOCKS}.{i}.{QKV}.{param}"
             fused = pool.take(key)
             if fused is not None:
-                for part, tensor in zip(QKV_PARTS, _split_qkv(fused, key), strict=True):
+                for part, tensor in zip(QKV_PARTS, split_rows(fused, [fused.shape[0] // 3] * 3, key), strict=True):
                     out[f"{DIFFUSERS_BLOCKS}.{i}.{part}.{param}"] = tensor
     for ours, theirs in _param_pairs(EMBEDDERS):
         shared = pool.take(ours)
@@ -137,7 +133,7 @@ def diffusers_to_dit(state_dict: Mapping[str, Tensor], *, grid_size: int) -> dic
     as DiT's sin-cos table for a ``grid_size`` x ``grid_size`` token grid (``sample_size // patch_size``).
     """
     pool = KeyPool(state_dict, "diffusers DiT")
-    depth = infer_depth(state_dict, DIFFUSERS_BLOCKS)
+    depth = _depth(state_dict, DIFFUSERS_BLOCKS)
     out: dict[str, Tensor] = {}
     for ours, theirs in _param_pairs(TOP_LEVEL):
         put(out, ours, pool.take(theirs))
@@ -171,16 +167,11 @@ def sincos_pos_embed(hidden_size: int, grid_size: int) -> Tensor:
     return torch.from_numpy(get_2d_sincos_pos_embed(hidden_size, grid_size)).float().unsqueeze(0)
 
 
-def infer_depth(state_dict: Mapping[str, Any], blocks_prefix: str) -> int:
-    """Number of blocks, from the keys ``{blocks_prefix}.{i}.*``; the indices must be exactly 0 .. depth-1."""
-    pattern = re.compile(rf"^{re.escape(blocks_prefix)}\.(\d+)\.")
-    indices = {int(m.group(1)) for key in state_dict if (m := pattern.match(key))}
-    if not indices:
+def _depth(state_dict: Mapping[str, Tensor], blocks_prefix: str) -> int:
+    """Number of blocks ``{blocks_prefix}.{i}.*`` (indices checked by :func:`~common.key_mapping.infer_depth`)."""
+    depth = infer_depth(state_dict, blocks_prefix)
+    if depth == 0:
         raise CheckpointError(f"State dict has no '{blocks_prefix}.<i>.*' keys: it is not a DiT in this layout.")
-    depth = max(indices) + 1
-    absent = sorted(set(range(depth)) - indices)
-    if absent:
-        raise CheckpointError(f"State dict lacks {blocks_prefix} {absent} of {depth}: the file is incomplete.")
     return depth
 
 
@@ -261,83 +252,22 @@ def dit_kwargs_from_diffusers_config(config: Mapping[str, Any]) -> dict[str, Any
     }
 
 
-def load_diffusers_dit_folder(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read a diffusers-format DiT: ``(state dict in our keys, DiT(**kwargs) kwargs)``.
+def load_diffusers_dit_folder(path: str | Path) -> dict[str, Tensor]:
+    """Read a diffusers-format DiT as a state dict in our (original DiT) keys.
 
     ``path`` is either the model folder (``config.json`` + ``diffusion_pytorch_model.safetensors``, ``.bin``, or
     shards with an index json) or a pipeline folder holding it in ``transformer/`` (the layout of huggingface
-    ``facebook/DiT-XL-2-256``).
+    ``facebook/DiT-XL-2-256``). The config is checked to describe a DiT and gives the token grid of ``pos_embed``.
     """
-    folder = _model_folder(Path(path))
-    kwargs = dit_kwargs_from_diffusers_config(_read_json(folder / CONFIG_NAME))
-    weights = _read_weights(folder)
-    state_dict = diffusers_to_dit(weights, grid_size=kwargs["input_size"] // kwargs["patch_size"])
-    return state_dict, kwargs
-
-
-def _model_folder(path: Path) -> Path:
-    """The folder holding config.json: ``path`` itself, or its ``transformer/`` when it is a pipeline folder."""
-    require_path(path, "Diffusers DiT folder", "Pass a diffusers model folder or pipeline folder.")
-    for candidate in (path, path / PIPELINE_SUBFOLDER):
-        if (candidate / CONFIG_NAME).is_file():
-            return candidate
-    raise CheckpointError(
-        f"Not a diffusers DiT folder:\n  {path.absolute()}\n"
-        f"Expected {CONFIG_NAME} and diffusion_pytorch_model.safetensors in it (a model folder), or in its "
-        f"{PIPELINE_SUBFOLDER}/ subfolder (a pipeline folder, as huggingface facebook/DiT-XL-2-256)."
-    )
-
-
-def _read_weights(folder: Path) -> dict[str, Tensor]:
-    for index_name, single_name in WEIGHT_FILES:
-        if (folder / index_name).is_file():
-            return _read_sharded(folder, index_name)
-        if (folder / single_name).is_file():
-            return read_state_dict(folder / single_name)
-    present = sorted(p.name for p in folder.iterdir())
-    raise CheckpointError(
-        f"No diffusers weights in {folder.absolute()}\n"
-        f"  expected one of: {', '.join(name for pair in WEIGHT_FILES for name in pair)}\n"
-        f"  found: {', '.join(present) or '(empty folder)'}"
-    )
-
-
-def _read_sharded(folder: Path, index_name: str) -> dict[str, Tensor]:
-    """Merge the shards listed in a diffusers/transformers ``*.index.json`` and check each key is where it says."""
-    weight_map = _read_json(folder / index_name).get("weight_map")
-    if not isinstance(weight_map, dict):
-        raise CheckpointError(f"{folder / index_name} has no 'weight_map' dict.")
-    merged: dict[str, Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        shard_path = require_path(folder / shard, f"Shard listed in {index_name}", "Download the missing shard.")
-        merged.update(read_state_dict(shard_path))
-    absent = sorted(set(weight_map) - set(merged))
-    if absent:
-        raise CheckpointError(f"Keys listed in {folder / index_name} are in no shard: {truncated_list(absent)}")
-    return merged
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    require_path(path, path.name, "Pass a complete diffusers folder.")
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"Could not read {path.absolute()}: {exc}") from exc
-    if not isinstance(content, dict):
-        raise CheckpointError(f"{path.absolute()} does not hold a JSON object.")
-    return content
+    folder = find_diffusers_model_folder(path, PIPELINE_SUBFOLDER, "Diffusers DiT folder")
+    weights, config = read_diffusers_folder(folder)
+    kwargs = dit_kwargs_from_diffusers_config(config)
+    return diffusers_to_dit(weights, grid_size=kwargs["input_size"] // kwargs["patch_size"])
 
 
 def _param_pairs(table: tuple[tuple[str, str, tuple[str, ...]], ...]) -> list[tuple[str, str]]:
     """Module-level (ours, diffusers, params) rows -> parameter-level (ours key, diffusers key) pairs."""
     return [(f"{ours}.{param}", f"{theirs}.{param}") for ours, theirs, params in table for param in params]
-
-
-def _split_qkv(fused: Tensor, key: str) -> list[Tensor]:
-    """Fused (3 * hidden, ...) -> q, k, v as independent tensors (clones, so that no two output keys share memory)."""
-    if fused.shape[0] % 3:
-        raise CheckpointError(f"{key} has shape {tuple(fused.shape)}: the first dimension is not 3 * hidden size.")
-    return [part.clone() for part in fused.chunk(3, dim=0)]
 
 
 def _differing_copies(copies: list[Tensor | None]) -> list[int]:

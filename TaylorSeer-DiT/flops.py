@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from common.flops import FlopsReport, count_flops
-from common.taylor_cache import TaylorCache, TaylorSeerConfig
+from common.flops import FlopsReport, full_and_forecast_flops
+from common.taylor_cache import TaylorSeerConfig
 
 from .models import DiT
 
@@ -49,14 +49,7 @@ def matmul_step_flops(model: DiT, batch: int) -> tuple[float, float]:
     x = torch.zeros(batch, model.in_channels, model.input_size, model.input_size, device=device)
     t = torch.zeros(batch, dtype=torch.long, device=device)
     y = torch.zeros(batch, dtype=torch.long, device=device)
-    # Step 0 is full, step 1 a forecast (interval large enough): one forward of each kind.
-    cache = TaylorCache(TaylorSeerConfig(interval=2, max_order=1, first_enhance=1))
-    flops = []
-    with torch.no_grad():
-        for step in (0, 1):
-            cache.begin_step(step)
-            flops.append(count_flops(lambda: model(x, t, y, cache=cache)))
-    return float(flops[0]), float(flops[1])
+    return full_and_forecast_flops(lambda cache: model(x, t, y, cache=cache))
 
 
 def dit_flops_reports(model: DiT, batch: int, num_steps: int, config: TaylorSeerConfig) -> dict[str, FlopsReport]:

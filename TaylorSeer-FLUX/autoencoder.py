@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from common.checkpoint import CheckpointError, KeyPool, read_state_dict, require_path
+from common.checkpoint import CheckpointError, KeyPool, load_state_dict_checked, read_state_dict, require_path
 from common.key_mapping import infer_depth
 
 if TYPE_CHECKING:
@@ -212,11 +212,13 @@ def load_autoencoder(path: str | Path, dtype: torch.dtype = torch.float32) -> Au
     converted = {key: tensor.to(dtype) for key, tensor in bfl_ae_to_diffusers(state_dict).items()}
     with torch.device("meta"):
         vae = AutoencoderKL(**config)
-    missing, unexpected = vae.load_state_dict(converted, strict=False, assign=True)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path.absolute()} does not fit the autoencoder it describes: missing {missing}, unexpected {unexpected}"
-        )
+    load_state_dict_checked(
+        vae,
+        converted,
+        str(path.absolute()),
+        model_desc="FLUX autoencoder (AutoencoderKL with the architecture read from the file's shapes)",
+        hint="The file is not a consistent BFL FLUX autoencoder (ae.safetensors): download it again.",
+    )
     return vae.eval().requires_grad_(False)
 
 

@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from common.flops import FlopsReport, count_flops
-from common.taylor_cache import TaylorCache, TaylorSeerConfig
+from common.flops import FlopsReport, full_and_forecast_flops
+from common.taylor_cache import TaylorSeerConfig
 
 from .model import FLUX_PRESETS, Flux
 
@@ -41,16 +41,9 @@ def flux_step_flops(model: Flux, batch: int, image_seq_len: int, text_len: int) 
     timesteps = torch.zeros(batch, device=device)
     y = torch.zeros(batch, params.vec_in_dim, device=device)
     guidance = torch.zeros(batch, device=device) if params.guidance_embed else None
-    # Step 0 is full, step 1 a forecast: one forward of each kind.
-    cache = TaylorCache(TaylorSeerConfig(interval=2, max_order=1, first_enhance=1))
-    flops = []
-    with torch.no_grad():
-        for step in (0, 1):
-            cache.begin_step(step)
-            flops.append(
-                count_flops(lambda: model(img, img_ids, txt, txt_ids, timesteps, y, guidance=guidance, cache=cache))
-            )
-    return float(flops[0]), float(flops[1])
+    return full_and_forecast_flops(
+        lambda cache: model(img, img_ids, txt, txt_ids, timesteps, y, guidance=guidance, cache=cache)
+    )
 
 
 def flux_flops_report(

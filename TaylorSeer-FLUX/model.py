@@ -29,8 +29,15 @@ import torch
 import torch.nn as nn
 
 from common.attention import attention
-from common.checkpoint import load_state_dict_checked, read_state_dict
-from common.taylor_cache import LayerCache, TaylorCache, cached
+from common.checkpoint import (
+    CheckpointError,
+    find_diffusers_model_folder,
+    load_state_dict_checked,
+    read_diffusers_folder,
+    read_state_dict,
+    require_path,
+)
+from common.taylor_cache import LayerCache, TaylorCache, cached, cached_group
 
 __all__ = [
     "FluxParams",
@@ -307,18 +314,13 @@ class DoubleStreamBlock(nn.Module):
         img_mod = self.img_mod(vec)  # shift1, scale1, gate1, shift2, scale2, gate2
         txt_mod = self.txt_mod(vec)
 
-        # One joint attention feeds both projections: computed lazily by whichever cached module needs it first,
-        # so at a forecast step (both projections forecast) it never runs.
-        joint: list[tuple[torch.Tensor, torch.Tensor]] = []
-
+        # One joint attention feeds both projections: at a full step it runs once and both outputs are recorded; at a
+        # forecast step both are forecast and it never runs.
         def joint_attn() -> tuple[torch.Tensor, torch.Tensor]:
-            if not joint:
-                joint.append(self.joint_attention(img, txt, img_mod, txt_mod, pe))
-            return joint[0]
+            img_joint, txt_joint = self.joint_attention(img, txt, img_mod, txt_mod, pe)
+            return self.img_attn.proj(img_joint), self.txt_attn.proj(txt_joint)
 
-        img_attn = cached(cache, "img_attn", lambda: self.img_attn.proj(joint_attn()[0]))
-        txt_attn = cached(cache, "txt_attn", lambda: self.txt_attn.proj(joint_attn()[1]))
-        joint.clear()
+        img_attn, txt_attn = cached_group(cache, ("img_attn", "txt_attn"), joint_attn)  # (B, L_img, D), (B, L_txt, D)
 
         img = img + img_mod[2] * img_attn
         img_mlp = cached(cache, "img_mlp", lambda: self.img_mlp(modulate(self.img_norm2(img), img_mod[3], img_mod[4])))
@@ -452,21 +454,59 @@ class Flux(nn.Module):
         return self.final_layer(img, vec)  # (B, L_img, out_channels)
 
 
-def load_flux(path: str | Path, name: str = "flux-dev", dtype: torch.dtype | None = None) -> Flux:
-    """Build preset ``name`` on the meta device and fill it from a BFL-layout checkpoint (e.g.
-    ``flux1-dev.safetensors``); the weights keep the file's dtype unless ``dtype`` is given. Any mismatch is one
-    :class:`~common.checkpoint.CheckpointError` listing every missing, unexpected or mis-shaped key."""
-    if name not in FLUX_PRESETS:
+def load_flux(path: str | Path, name: str | FluxParams = "flux-dev", dtype: torch.dtype | None = None) -> Flux:
+    """The FLUX transformer, built on the meta device and filled from ``path``: a BFL single file (e.g.
+    ``flux1-dev.safetensors``) or a diffusers ``transformer/`` folder (or the pipeline folder holding it), whose keys
+    are converted with :func:`~taylorseer_flux.diffusers_format.diffusers_to_bfl`.
+
+    ``name`` is the architecture: :class:`FluxParams`, or a preset name. With a preset name, a diffusers folder's
+    ``config.json`` gives the architecture (it must agree with the preset on the guidance embedder) and a BFL file
+    is loaded as the preset (its keys cannot tell the number of heads or the RoPE axes). The weights keep the file's
+    dtype unless ``dtype`` is given; eval mode. Any problem is one
+    :class:`~common.checkpoint.CheckpointError`, listing every missing, unexpected or mis-shaped key on a mismatch."""
+    # Imported here: diffusers_format imports this module for FluxParams.
+    from taylorseer_flux.diffusers_format import diffusers_to_bfl, flux_params_from_diffusers_config
+
+    if isinstance(name, str) and name not in FLUX_PRESETS:
         raise ValueError(f"unknown FLUX preset {name!r}; choose from {sorted(FLUX_PRESETS)}")
-    state_dict = read_state_dict(path)
-    with torch.device("meta"):
-        model = Flux(FLUX_PRESETS[name])
-    hint = (
-        "FLUX checkpoints in BFL's layout (flux1-dev / flux1-schnell .safetensors) are expected; a diffusers "
-        "transformer folder must be converted with taylorseer_flux.diffusers_format.diffusers_to_bfl first. "
-        "flux1-schnell has no guidance_in.* keys: load it with name='flux-schnell'."
+    path = require_path(
+        path,
+        "FLUX transformer checkpoint",
+        "Pass a BFL file (flux1-dev.safetensors / flux1-schnell.safetensors) or a diffusers transformer/ folder.",
     )
-    load_state_dict_checked(model, state_dict, str(path), model_desc=f"FLUX preset {name!r}", hint=hint)
+    params = name if isinstance(name, FluxParams) else FLUX_PRESETS[name]
+    if path.is_dir():
+        folder = find_diffusers_model_folder(path, "transformer", "FLUX diffusers transformer folder")
+        weights, config = read_diffusers_folder(folder)
+        if isinstance(name, str):
+            try:
+                params = flux_params_from_diffusers_config(config)
+            except (ValueError, TypeError) as exc:
+                raise CheckpointError(f"{folder / 'config.json'} is not a FLUX transformer config: {exc}") from exc
+            if params.guidance_embed != FLUX_PRESETS[name].guidance_embed:
+                raise CheckpointError(
+                    f"The transformer in {folder.absolute()} has guidance_embeds={params.guidance_embed} in its "
+                    f"config.json, preset {name!r} has guidance_embed={FLUX_PRESETS[name].guidance_embed}: pass the "
+                    "preset of the checkpoint (flux-dev is guidance-distilled, flux-schnell is not)."
+                )
+        state_dict = diffusers_to_bfl(weights)
+    else:
+        state_dict = read_state_dict(path)
+    with torch.device("meta"):
+        model = Flux(params)
+    preset = f"preset {name!r}" if isinstance(name, str) else "given params"
+    hint = (
+        "A BFL single file is loaded as the preset of the model name: flux1-dev.safetensors needs flux-dev, "
+        "flux1-schnell.safetensors (no guidance_in.* keys) needs flux-schnell."
+    )
+    load_state_dict_checked(
+        model,
+        state_dict,
+        str(path.absolute()),
+        model_desc=f"FLUX transformer ({preset}: {params.depth} double + {params.depth_single_blocks} single blocks, "
+        f"hidden {params.hidden_size}, guidance embedder: {params.guidance_embed})",
+        hint=hint,
+    )
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()

@@ -21,18 +21,21 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from common.offload import on_device
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
 from taylorseer_flux.autoencoder import decode_latents
+from taylorseer_flux.model import FluxParams
 from taylorseer_flux.sampling import denoise, get_noise, get_schedule, image_ids, pack, text_ids, unpack
 from taylorseer_flux.weights import (
     FLUX_MODELS,
     FluxComponents,
+    FluxWeights,
     find_flux_weights,
     load_flux_components,
     transformer_params,
@@ -91,13 +94,35 @@ class FluxTextToImage:
     ) -> FluxTextToImage:
         """Load ``model_name``'s components from ``ckpt_dir`` and the environment (see :mod:`taylorseer_flux.weights`).
         ``max_sequence_length`` (T5 tokens) defaults to the model's (512 dev, 256 schnell)."""
-        spec = FLUX_MODELS[model_name]
         weights = find_flux_weights(model_name, ckpt_dir)
-        components = load_flux_components(
+        params = transformer_params(weights.transformer, model_name)
+        return cls.from_weights(
             weights,
-            transformer_params(weights.transformer, model_name),
+            params,
+            model_name,
+            device=device,
             dtype=dtype,
-            max_sequence_length=max_sequence_length or spec.max_sequence_length,
+            offload=offload,
+            max_sequence_length=max_sequence_length,
+        )
+
+    @classmethod
+    def from_weights(
+        cls,
+        weights: FluxWeights,
+        params: FluxParams,
+        model_name: str = "flux-dev",
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        offload: bool = False,
+        max_sequence_length: int | None = None,
+    ) -> FluxTextToImage:
+        """Load already-resolved ``weights`` (:func:`~taylorseer_flux.weights.find_flux_weights`) with transformer
+        ``params``; ``model_name`` picks the schedule and the default ``max_sequence_length`` (512 dev, 256 schnell)."""
+        spec = FLUX_MODELS[model_name]
+        components = load_flux_components(
+            weights, params, dtype=dtype, max_sequence_length=max_sequence_length or spec.max_sequence_length
         )
         return cls(components, shift=spec.shift, device=device, offload=offload)
 
@@ -109,19 +134,9 @@ class FluxTextToImage:
     def dtype(self) -> torch.dtype:
         return next(self.components.transformer.parameters()).dtype
 
-    @contextlib.contextmanager
-    def _placed(self, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    def _placed(self, module: torch.nn.Module) -> contextlib.AbstractContextManager[torch.nn.Module]:
         """``module`` on the device for the duration of the block; with offload, back to the CPU afterwards."""
-        if not self.offload:
-            yield module
-            return
-        module.to(self.device)
-        try:
-            yield module
-        finally:
-            module.to("cpu")
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+        return on_device(module, self.device, self.offload)
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":

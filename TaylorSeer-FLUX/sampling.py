@@ -126,15 +126,6 @@ def get_schedule(
     return timesteps
 
 
-def _uses_guidance(model: torch.nn.Module) -> bool:
-    """Whether the model embeds a guidance scale (FLUX-dev) or not (FLUX-schnell)."""
-    params = getattr(model, "params", None)
-    if params is not None and hasattr(params, "guidance_embed"):
-        return bool(params.guidance_embed)
-    guidance_in = getattr(model, "guidance_in", None)
-    return guidance_in is not None and not isinstance(guidance_in, torch.nn.Identity)
-
-
 @torch.no_grad()
 def denoise(
     model: torch.nn.Module,
@@ -152,16 +143,15 @@ def denoise(
     """Euler integration of the flow from ``timesteps[0]`` to ``timesteps[-1]``; returns the final packed latents.
 
     ``img`` (B, L, 64) packed noise, ``txt`` (B, L_txt, C) text embeddings, ``vec`` (B, D) pooled text vector.
-    ``guidance`` is the distilled guidance scale, passed (as a (B,) vector) only to models with a guidance embedder.
+    ``guidance`` is the distilled guidance scale, passed as a (B,) vector; models without a guidance embedder ignore it.
     With a ``cache``, it is reset first and step ``i`` (0 .. len(timesteps) - 2) is announced with
     ``cache.begin_step(i)`` right before the i-th model call; ``on_step(i, t_curr)`` is called before each step.
     """
     if len(timesteps) < 2:
         raise ValueError(f"need at least two timesteps (one step), got {len(timesteps)}")
     batch = img.shape[0]
-    guidance_vec = None
-    if _uses_guidance(model):
-        guidance_vec = torch.full((batch,), guidance, device=img.device, dtype=img.dtype)
+    # Always passed: models without a guidance embedder (FLUX-schnell) ignore it, as BFL's Flux.forward does.
+    guidance_vec = torch.full((batch,), guidance, device=img.device, dtype=img.dtype)
     extra = {} if cache is None else {"cache": cache}
     if cache is not None:
         cache.reset()

@@ -28,7 +28,6 @@ schedule shift) and must agree with the checkpoint on whether a guidance embedde
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,10 +36,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from common.checkpoint import CheckpointError, load_state_dict_checked, read_state_dict, require_path
+from common.checkpoint import CheckpointError, read_json_object
 from taylorseer_flux.autoencoder import load_autoencoder
-from taylorseer_flux.diffusers_format import diffusers_to_bfl, flux_params_from_diffusers_config
-from taylorseer_flux.model import FLUX_PRESETS, Flux, FluxParams
+from taylorseer_flux.diffusers_format import flux_params_from_diffusers_config
+from taylorseer_flux.model import FLUX_PRESETS, Flux, FluxParams, load_flux
 from taylorseer_flux.sampling import LATENT_CHANNELS
 from taylorseer_flux.text_encoders import HFEmbedder, load_clip, load_t5
 
@@ -56,7 +55,6 @@ __all__ = [
     "default_ckpt_dir",
     "find_flux_weights",
     "transformer_params",
-    "read_diffusers_transformer",
     "load_transformer",
     "load_flux_components",
     "AE_ENV",
@@ -296,9 +294,9 @@ def transformer_params(path: str | Path, model_name: str) -> FluxParams:
     preset = FLUX_PRESETS[spec.preset]
     if not path.is_dir():
         return preset
-    config_path = require_path(path / CONFIG, "Transformer config", "A diffusers transformer/ folder has config.json.")
+    config_path = path / CONFIG
     try:
-        params = flux_params_from_diffusers_config(json.loads(config_path.read_text()))
+        params = flux_params_from_diffusers_config(read_json_object(config_path, "Transformer config"))
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{config_path.absolute()} is not a FLUX transformer config: {exc}") from exc
     if params.guidance_embed != preset.guidance_embed:
@@ -311,47 +309,8 @@ def transformer_params(path: str | Path, model_name: str) -> FluxParams:
     return params
 
 
-def read_diffusers_transformer(folder: str | Path) -> dict[str, torch.Tensor]:
-    """A diffusers ``transformer/`` folder (one safetensors file, or shards with their index json) as a state dict
-    in BFL keys, converted with :func:`~taylorseer_flux.diffusers_format.diffusers_to_bfl`."""
-    folder = Path(folder)
-    single, index = (folder / name for name in DIFFUSERS_WEIGHTS)
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"{index.absolute()} is not a safetensors index (no weight_map): {exc}") from exc
-        state_dict: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
-            state_dict.update(read_state_dict(folder / shard))
-        listed = set(weight_map)
-        if listed != set(state_dict):
-            raise CheckpointError(
-                f"The shards of {folder.absolute()} do not hold the tensors their index lists "
-                f"({len(listed - set(state_dict))} listed but absent, {len(set(state_dict) - listed)} unlisted)."
-            )
-    else:
-        state_dict = read_state_dict(require_path(single, "Transformer weights", f"Expected {DIFFUSERS_WEIGHTS}."))
-    return diffusers_to_bfl(state_dict)
-
-
-def load_transformer(path: str | Path, params: FluxParams, dtype: torch.dtype = torch.float32) -> Flux:
-    """Our BFL-named :class:`~taylorseer_flux.model.Flux` with architecture ``params``, built on the meta device and
-    filled from a diffusers ``transformer/`` folder or a BFL single file; in eval mode on the CPU."""
-    path = Path(path)
-    state_dict = read_diffusers_transformer(path) if path.is_dir() else read_state_dict(path)
-    with torch.device("meta"):
-        model = Flux(params)
-    load_state_dict_checked(
-        model,
-        state_dict,
-        str(path.absolute()),
-        model_desc=f"FLUX transformer ({params.depth} double + {params.depth_single_blocks} single blocks, "
-        f"hidden {params.hidden_size}, guidance embedder: {params.guidance_embed})",
-        hint="A BFL single file is loaded as the preset of --model-name: flux1-schnell.safetensors needs "
-        "--model-name flux-schnell, flux1-dev.safetensors --model-name flux-dev.",
-    )
-    return model.to(dtype).eval().requires_grad_(False)
+load_transformer = load_flux
+"""The transformer loader (:func:`taylorseer_flux.model.load_flux`), under the name this module has always used."""
 
 
 def _check_fits(params: FluxParams, components: FluxComponents, weights: FluxWeights) -> None:
@@ -382,7 +341,7 @@ def load_flux_components(
 ) -> FluxComponents:
     """Load all four components on the CPU in ``dtype`` (the text encoders offline, ``local_files_only=True``)."""
     components = FluxComponents(
-        transformer=load_transformer(weights.transformer, params, dtype),
+        transformer=load_flux(weights.transformer, params, dtype).requires_grad_(False),
         autoencoder=load_autoencoder(weights.autoencoder, dtype),
         t5=load_t5(weights.t5.model, weights.t5.tokenizer, max_sequence_length, dtype),
         clip=load_clip(weights.clip.model, weights.clip.tokenizer, dtype),

@@ -15,30 +15,21 @@ from __future__ import annotations
 
 import torch
 
-from common.flops import FlopsReport, count_flops
-from common.taylor_cache import TaylorCache, TaylorSeerConfig
+from common.flops import FlopsReport, full_and_forecast_flops
+from common.taylor_cache import TaylorSeerConfig
 
 from .model import HUNYUAN_VIDEO_PRESETS, HunyuanVideo
+from .pipeline import latent_shape
 
 __all__ = ["hunyuan_latent_shape", "hunyuan_step_flops", "hunyuan_flops_report"]
 
 CONVENTION = "matmul"
-VAE_TEMPORAL_FACTOR = 4
-VAE_SPATIAL_FACTOR = 8
 
 
 def hunyuan_latent_shape(height: int, width: int, video_length: int) -> tuple[int, int, int]:
-    """(T, H, W) latent grid of a ``video_length``-frame ``height`` x ``width`` video under HunyuanVideo's causal 3D
-    VAE (4x temporal after the first frame, 8x spatial): T = (video_length - 1) // 4 + 1, H / 8, W / 8."""
-    if video_length < 1 or (video_length - 1) % VAE_TEMPORAL_FACTOR:
-        raise ValueError(f"video_length must be 4k + 1 frames (1, 5, ..., 129), got {video_length}")
-    if height % 16 or width % 16:
-        raise ValueError(f"height and width must be multiples of 16 (8x VAE, 2x2 patches), got {height}x{width}")
-    return (
-        (video_length - 1) // VAE_TEMPORAL_FACTOR + 1,
-        height // VAE_SPATIAL_FACTOR,
-        width // VAE_SPATIAL_FACTOR,
-    )
+    """(T, H, W) latent grid of a ``video_length``-frame ``height`` x ``width`` video: :func:`.pipeline.latent_shape`
+    without the channels (and its size checks)."""
+    return latent_shape(height, width, video_length)[1:]
 
 
 def hunyuan_step_flops(
@@ -53,14 +44,8 @@ def hunyuan_step_flops(
     text_states = torch.zeros(batch, text_len, params.text_states_dim, device=device)
     text_states_2 = torch.zeros(batch, params.text_states_dim_2, device=device)
     guidance = torch.zeros(batch, device=device) if params.guidance_embed else None
-    # Step 0 is full, step 1 a forecast: one forward of each kind. text_mask None: no padding.
-    cache = TaylorCache(TaylorSeerConfig(interval=2, max_order=1, first_enhance=1))
-    flops = []
-    with torch.no_grad():
-        for step in (0, 1):
-            cache.begin_step(step)
-            flops.append(count_flops(lambda: model(x, t, text_states, None, text_states_2, guidance, cache=cache)))
-    return float(flops[0]), float(flops[1])
+    # text_mask None: no padding.
+    return full_and_forecast_flops(lambda cache: model(x, t, text_states, None, text_states_2, guidance, cache=cache))
 
 
 def hunyuan_flops_report(

@@ -34,7 +34,6 @@ padding and counts real tokens); for the right-padded masks tokenizers produce, 
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -44,7 +43,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.checkpoint import CheckpointError, load_state_dict_checked, read_state_dict, require_path
+from common.checkpoint import (
+    CheckpointError,
+    find_diffusers_model_folder,
+    load_state_dict_checked,
+    read_diffusers_folder,
+    read_state_dict,
+    require_path,
+)
 from common.sequence_parallel import (
     SequenceParallel,
     gather_sequence,
@@ -52,7 +58,7 @@ from common.sequence_parallel import (
     shard_sequence,
     ulysses_joint_attention,
 )
-from common.taylor_cache import LayerCache, TaylorCache, cached
+from common.taylor_cache import LayerCache, TaylorCache, cached, cached_group
 
 __all__ = [
     "HunyuanVideoParams",
@@ -72,7 +78,6 @@ __all__ = [
 
 TIME_EMBED_DIM = 256
 REFINER_MLP_RATIO = 4.0
-OFFICIAL_CHECKPOINT = "ckpts/hunyuan-video-t2v-720p/transformers/mp_rank_00_model_states.pt"
 
 
 @dataclass(frozen=True)
@@ -370,15 +375,29 @@ class IndividualTokenRefiner(nn.Module):
         self.blocks = nn.ModuleList(
             [IndividualTokenRefinerBlock(hidden_size, heads_num, qkv_bias) for _ in range(depth)]
         )
+        self._mask_cache: tuple[torch.Tensor, int, torch.Tensor] | None = None
+
+    def attention_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, 1, L, L) boolean attention mask of a (B, L) text mask, or None without one.
+
+        The last one is kept while the same, unmodified ``mask`` tensor comes back (a sampler passes one mask at
+        every step), so it is built once per video. (Inference tensors have no version counter: never kept.)"""
+        if mask is None:
+            return None
+        keep = not mask.is_inference()
+        cached_mask = self._mask_cache
+        if keep and cached_mask is not None and cached_mask[0] is mask and cached_mask[1] == mask._version:
+            return cached_mask[2]
+        # The official mask: a pair attends iff both tokens are real; key 0 is always allowed so that the rows of
+        # padding queries are not empty (NaN). (B, 1, L, L), small: text only.
+        real = mask.bool()
+        attn_mask = real[:, None, None, :] & real[:, None, :, None]
+        attn_mask[..., 0] = True
+        self._mask_cache = (mask, mask._version, attn_mask) if keep else None
+        return attn_mask
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        attn_mask = None
-        if mask is not None:
-            # The official mask: a pair attends iff both tokens are real; key 0 is always allowed so that the rows
-            # of padding queries are not empty (NaN). (B, 1, L, L), small: text only.
-            real = mask.bool()
-            attn_mask = real[:, None, None, :] & real[:, None, :, None]
-            attn_mask[..., 0] = True
+        attn_mask = self.attention_mask(mask)
         for block in self.blocks:
             x = block(x, c, attn_mask)
         return x
@@ -474,18 +493,13 @@ class MMDoubleStreamBlock(nn.Module):
         img_mod = self.img_mod(vec)  # shift1, scale1, gate1, shift2, scale2, gate2, each (B, D)
         txt_mod = self.txt_mod(vec)
 
-        # One joint attention feeds both projections: computed lazily by whichever cached module needs it first,
-        # so at a forecast step (both projections forecast) it never runs.
-        joint: list[tuple[torch.Tensor, torch.Tensor]] = []
-
+        # One joint attention feeds both projections: at a full step it runs once and both outputs are recorded; at a
+        # forecast step both are forecast and it never runs.
         def joint_attn() -> tuple[torch.Tensor, torch.Tensor]:
-            if not joint:
-                joint.append(self.attention(img, txt, img_mod, txt_mod, freqs, txt_mask, attn_fn))
-            return joint[0]
+            img_joint, txt_joint = self.attention(img, txt, img_mod, txt_mod, freqs, txt_mask, attn_fn)
+            return self.img_attn_proj(img_joint), self.txt_attn_proj(txt_joint)
 
-        img_attn = cached(cache, "img_attn", lambda: self.img_attn_proj(joint_attn()[0]))  # (B, L_img, D)
-        txt_attn = cached(cache, "txt_attn", lambda: self.txt_attn_proj(joint_attn()[1]))  # (B, L_txt, D)
-        joint.clear()
+        img_attn, txt_attn = cached_group(cache, ("img_attn", "txt_attn"), joint_attn)  # (B, L_img, D), (B, L_txt, D)
 
         img = img + apply_gate(img_attn, img_mod[2])
         img_mlp = cached(cache, "img_mlp", lambda: self.img_mlp(modulate(self.img_norm2(img), img_mod[3], img_mod[4])))
@@ -609,6 +623,7 @@ class HunyuanVideo(nn.Module):
             ]
         )
         self.final_layer = FinalLayer(D, params.patch_volume, params.out_channels)
+        self._rope_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def token_grid(self, latent_shape: Sequence[int]) -> tuple[int, int, int]:
         """(T, H, W) token grid of a (B, C, T, H, W) latent; every axis must be a whole number of patches."""
@@ -625,8 +640,14 @@ class HunyuanVideo(nn.Module):
         return self.img_in(x.to(self.img_in.proj.weight.dtype))
 
     def rope(self, grid: Sequence[int], device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) RoPE tables, each (L_img, head_dim) fp32, of the token grid; rows follow :meth:`patchify`."""
-        return rope_frequencies(grid, self.params.rope_dim_list, self.params.rope_theta, device)
+        """(cos, sin) RoPE tables, each (L_img, head_dim) fp32, of the token grid; rows follow :meth:`patchify`.
+
+        The last tables are kept (one entry, keyed by grid and device), so the steps of a video build them once.
+        Callers must not modify them in place."""
+        key = (tuple(grid), torch.device(device) if device is not None else None, torch.is_inference_mode_enabled())
+        if self._rope_cache is None or self._rope_cache[0] != key:
+            self._rope_cache = (key, rope_frequencies(grid, self.params.rope_dim_list, self.params.rope_theta, device))
+        return self._rope_cache[1]
 
     def embed_conditions(
         self,
@@ -726,40 +747,16 @@ class HunyuanVideo(nn.Module):
 
 
 def _missing_checkpoint_help() -> str:
+    # Imported here: weights imports this module; it owns where the official files live.
+    from .weights import DEFAULT_MODEL_BASE, OFFICIAL_DIT, OFFICIAL_REPO
+
     return (
         "The official HunyuanVideo transformer weights are mp_rank_00_model_states.pt from huggingface "
-        f"tencent/HunyuanVideo, placed at {OFFICIAL_CHECKPOINT}, e.g.\n"
-        "  huggingface-cli download tencent/HunyuanVideo --local-dir ./ckpts\n"
+        f"{OFFICIAL_REPO}, placed at {DEFAULT_MODEL_BASE}/{OFFICIAL_DIT}, e.g.\n"
+        f"  hf download {OFFICIAL_REPO} --local-dir ./{DEFAULT_MODEL_BASE}\n"
         "A .safetensors in the official layout, or a diffusers transformer/ folder (config.json + "
         "diffusion_pytorch_model*.safetensors, e.g. from hunyuanvideo-community/HunyuanVideo) works too."
     )
-
-
-def _diffusers_folder(path: Path) -> Path | None:
-    """The diffusers transformer folder at ``path`` (or its ``transformer/`` subfolder), if it is one."""
-    for folder in (path, path / "transformer"):
-        if (folder / "config.json").is_file():
-            return folder
-    return None
-
-
-def _read_diffusers_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a diffusers model folder: one ``diffusion_pytorch_model.safetensors`` or the shards listed
-    in its ``.index.json``."""
-    index = folder / "diffusion_pytorch_model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state_dict: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state_dict.update(read_state_dict(folder / shard))
-        return state_dict
-    single = folder / "diffusion_pytorch_model.safetensors"
-    if not single.is_file():
-        raise CheckpointError(
-            f"Diffusers transformer folder without weights:\n  {folder.absolute()}\n"
-            "Expected diffusion_pytorch_model.safetensors or diffusion_pytorch_model.safetensors.index.json."
-        )
-    return read_state_dict(single)
 
 
 def load_hunyuan_video(
@@ -781,10 +778,18 @@ def load_hunyuan_video(
     from .diffusers_format import diffusers_to_official, hunyuan_params_from_diffusers_config, is_diffusers_layout
 
     resolved = require_path(path, "HunyuanVideo transformer checkpoint", _missing_checkpoint_help())
-    folder = _diffusers_folder(resolved) if resolved.is_dir() else None
-    if folder is not None:
-        params = hunyuan_params_from_diffusers_config(json.loads((folder / "config.json").read_text()))
-        state_dict = diffusers_to_official(_read_diffusers_weights(folder))
+    if resolved.is_dir():
+        folder = find_diffusers_model_folder(resolved, "transformer", "HunyuanVideo diffusers transformer folder")
+        weights, config = read_diffusers_folder(folder)
+        try:
+            params = hunyuan_params_from_diffusers_config(config)
+        except (ValueError, TypeError) as exc:  # unsupported variant, or values HunyuanVideoParams refuses
+            raise CheckpointError(
+                f"{(folder / 'config.json').absolute()} is not a supported HunyuanVideo transformer config: {exc}\n"
+                "Use the text-to-video transformer/ of hunyuanvideo-community/HunyuanVideo (image-to-video and "
+                "other variants are not supported)."
+            ) from exc
+        state_dict = diffusers_to_official(weights)
         model_desc = f"HunyuanVideo from the diffusers config {folder / 'config.json'}"
     else:
         if name not in HUNYUAN_VIDEO_PRESETS:

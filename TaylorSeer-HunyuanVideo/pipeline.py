@@ -7,11 +7,13 @@
                cache=TaylorCache(TaylorSeerConfig(interval=5, max_order=1, first_enhance=1)))
     write_video("cat.mp4", video_to_uint8_frames(out.video), fps=24)
 
-One call makes one video: encode the prompt (LLaVA-LLaMA-3 states + CLIP pooled vector), draw the initial latents
-from a generator seeded with ``seed`` on the sampling device (as upstream), run ``num_inference_steps`` Euler steps
-of the flow ODE (:mod:`.scheduler`), decode with the causal 3D VAE. The sampler owns the TaylorSeer schedule: the
-cache is reset at the start of every video and ``cache.begin_step(i)`` announces step i before the model runs; the
-blocks only call the cache.
+One call makes one video: encode the prompt (LLaVA-LLaMA-3 states + CLIP pooled vector), drop the text positions
+that are padding in every prompt of the batch, draw the initial latents in float32 from a generator seeded with
+``seed`` on the sampling device, run ``num_inference_steps`` Euler steps of the flow ODE (:mod:`.scheduler`), decode
+with the causal 3D VAE. Upstream draws the noise in the text encoder's dtype (fp16), which rounds it; we draw it in
+float32, the precision the Euler steps integrate in (diffusers does the same), so a seed gives the same noise
+whatever the model dtypes. The sampler owns the TaylorSeer schedule: the cache is reset at the start of every video
+and ``cache.begin_step(i)`` announces step i before the model runs; the blocks only call the cache.
 
 ``cfg_scale`` 1 (upstream's default for the guidance-distilled release) runs a batch of 1; above 1 the latents run as
 one batch [uncond, cond] with the negative prompt. ``embedded_guidance_scale`` (6.0) reaches guidance-distilled
@@ -25,15 +27,15 @@ of them to fit beside the transformer for a moment.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from common.offload import on_device
 from common.sequence_parallel import SequenceParallel
 from common.taylor_cache import TaylorCache
 
@@ -43,7 +45,7 @@ from .text_encoders import NEGATIVE_PROMPT, ClipTextEncoder, LlamaTextEncoder, T
 from .vae import decode_latents
 from .weights import HunyuanVideoComponents
 
-__all__ = ["VideoOutput", "check_video_size", "latent_shape", "HunyuanVideoPipeline"]
+__all__ = ["VideoOutput", "check_video_size", "latent_shape", "trim_text_padding", "HunyuanVideoPipeline"]
 
 SIZE_MULTIPLE = 16
 """Pixel sizes must be multiples of the VAE's 8x downsampling times the transformer's 2x2 patches."""
@@ -92,19 +94,23 @@ def latent_shape(height: int, width: int, video_length: int, channels: int = 16)
     return channels, (video_length - 1) // TEMPORAL_FACTOR + 1, height // 8, width // 8
 
 
-@contextlib.contextmanager
-def _on_device(module: nn.Module, device: torch.device, offload: bool) -> Iterator[None]:
-    """Move ``module`` to ``device`` for the duration of the block and back to the CPU after, when offloading."""
-    if not offload:
-        yield
-        return
-    module.to(device)
-    try:
-        yield
-    finally:
-        module.to("cpu")
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+def trim_text_padding(text: TextEmbeddings) -> TextEmbeddings:
+    """``text`` without the trailing positions that are padding in every prompt, and without a mask when no padding
+    is left (so the transformer's joint attention runs unmasked, flash-capable).
+
+    The prompts come padded to ``text_len`` (256) tokens, but padded tokens are never attended to as keys, by the
+    token refiner or the blocks, and the video tokens never see them: dropping them changes the output only by float
+    rounding and saves their compute. With CFG both prompts keep the longer one's length, the shorter one its mask.
+    """
+    if text.mask is None:
+        return text
+    real = text.mask.bool()
+    if bool(real.all()):
+        return TextEmbeddings(text.states, None, text.pooled)
+    used = real.any(dim=0).nonzero()  # positions real in some prompt
+    length = int(used.max()) + 1 if len(used) else 1
+    mask = text.mask[:, :length]
+    return TextEmbeddings(text.states[:, :length], None if bool(real[:, :length].all()) else mask, text.pooled)
 
 
 class HunyuanVideoPipeline:
@@ -134,6 +140,7 @@ class HunyuanVideoPipeline:
         self.text_encoder_2 = text_encoder_2
         text_encoder.model.to(home)
         text_encoder_2.model.to(home)
+        self._last_encoded: tuple[tuple[str, ...], TextEmbeddings] | None = None
 
     @classmethod
     def from_components(cls, components: HunyuanVideoComponents, **kwargs) -> HunyuanVideoPipeline:
@@ -148,12 +155,20 @@ class HunyuanVideoPipeline:
     # ----------------------------------------------------------------------------------------------- the stages
 
     def encode_prompt(self, prompts: list[str]) -> TextEmbeddings:
-        """Both encoders on a batch of prompts, results on the device in the transformer's dtype."""
-        with _on_device(self.text_encoder.model, self.device, self.offload):
+        """Both encoders on a batch of prompts, results on the device in the transformer's dtype.
+
+        The last result is remembered (key: the prompts, the negative prompt included with CFG), so consecutive
+        videos of one prompt, e.g. VBench's 5 seeds, run the text encoders once."""
+        key = tuple(prompts)
+        if self._last_encoded is not None and self._last_encoded[0] == key:
+            return self._last_encoded[1]
+        with on_device(self.text_encoder.model, self.device, self.offload):
             states, mask = self.text_encoder.encode(prompts, self.device)
-        with _on_device(self.text_encoder_2.model, self.device, self.offload):
+        with on_device(self.text_encoder_2.model, self.device, self.offload):
             pooled = self.text_encoder_2.encode(prompts, self.device)
-        return TextEmbeddings(states, mask, pooled).to(self.device, self.dtype)
+        text = TextEmbeddings(states, mask, pooled).to(self.device, self.dtype)
+        self._last_encoded = (key, text)
+        return text
 
     def prepare_latents(self, seed: int, height: int, width: int, video_length: int) -> torch.Tensor:
         """(1, C, T', H/8, W/8) float32 standard normal latents from a generator on the device seeded with ``seed``:
@@ -225,7 +240,7 @@ class HunyuanVideoPipeline:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, T', H', W') latents -> (B, 3, T, H, W) float32 video in [-1, 1], on the CPU."""
-        with _on_device(self.vae, self.device, self.offload):
+        with on_device(self.vae, self.device, self.offload):
             return decode_latents(self.vae, latents, tiling=self.vae_tiling).cpu()
 
     # -------------------------------------------------------------------------------------------------- one call
@@ -260,7 +275,7 @@ class HunyuanVideoPipeline:
         prompts = [prompt.strip()]
         if cfg_scale > 1.0:
             prompts = [(negative_prompt or NEGATIVE_PROMPT).strip(), *prompts]
-        text = self.encode_prompt(prompts)
+        text = trim_text_padding(self.encode_prompt(prompts))
         latents = self.prepare_latents(seed, height, width, video_length)
         sigmas = flow_match_sigmas(num_inference_steps, flow_shift, flow_reverse)
         latents = self.denoise(

@@ -69,28 +69,34 @@ def template_crop_start(tokenizer, template: str) -> int:
     The prefix ends in ``\\n\\n`` after a special token, so the prompt's first token never merges with it; the
     encoder checks this for every prompt anyway (see :meth:`LlamaTextEncoder.tokenize`).
     """
+    return len(_template_prefix_ids(tokenizer, template))
+
+
+def _template_prefix_ids(tokenizer, template: str) -> list[int]:
+    """Token ids of ``template``'s prefix (everything before its one ``{}``), BOS included."""
     if template.count("{}") != 1:
         raise ValueError(f"the prompt template must contain exactly one '{{}}' placeholder, got {template!r}")
     prefix = template[: template.index("{}")]
-    return len(tokenizer(prefix, add_special_tokens=True)["input_ids"])
+    return list(tokenizer(prefix, add_special_tokens=True)["input_ids"])
 
 
 @dataclass
 class TextEmbeddings:
     """What the transformer is conditioned on, for a batch of prompts.
 
-    ``states`` (B, text_len, D_llm) LLM token states, ``mask`` (B, text_len) 1 on real prompt tokens,
-    ``pooled`` (B, D_clip) CLIP pooled vector.
+    ``states`` (B, text_len, D_llm) LLM token states, ``mask`` (B, text_len) 1 on real prompt tokens (None: no
+    padding), ``pooled`` (B, D_clip) CLIP pooled vector.
     """
 
     states: torch.Tensor
-    mask: torch.Tensor
+    mask: torch.Tensor | None
     pooled: torch.Tensor
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> TextEmbeddings:
         """States and pooled vector in the transformer's dtype; the mask stays an integer tensor."""
+        mask = None if self.mask is None else self.mask.to(device)
         return TextEmbeddings(
-            self.states.to(device=device, dtype=dtype), self.mask.to(device), self.pooled.to(device=device, dtype=dtype)
+            self.states.to(device=device, dtype=dtype), mask, self.pooled.to(device=device, dtype=dtype)
         )
 
 
@@ -120,8 +126,9 @@ class LlamaTextEncoder:
                 f"hidden_state_skip_layer must be in [0, {num_layers - 1}] for a {num_layers}-layer text encoder, "
                 f"got {self.hidden_state_skip_layer}"
             )
-        self.crop_start = template_crop_start(self.tokenizer, self.template)
-        self._prefix_ids = torch.tensor(self.tokenizer(self.template[: self.template.index("{}")])["input_ids"])
+        prefix_ids = _template_prefix_ids(self.tokenizer, self.template)  # tokenized once
+        self.crop_start = len(prefix_ids)
+        self._prefix_ids = torch.tensor(prefix_ids)
 
     @property
     def max_length(self) -> int:

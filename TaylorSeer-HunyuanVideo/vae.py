@@ -24,15 +24,12 @@ from typing import Any
 import torch
 
 __all__ = [
-    "SCALING_FACTOR",
     "OFFICIAL_VAE_WEIGHTS",
     "official_vae_config",
     "official_vae_state_dict",
     "decode_latents",
 ]
 
-SCALING_FACTOR = 0.476986
-"""The 884-16c-hy VAE's latent scaling factor; the loaded config's value is the one used."""
 OFFICIAL_VAE_WEIGHTS = "pytorch_model.pt"
 """Weights file of an upstream-layout VAE folder."""
 

@@ -17,7 +17,6 @@ each expected path and where to get it. Everything is read with ``local_files_on
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.checkpoint import CheckpointError, load_state_dict_checked, read_state_dict
+from common.checkpoint import CheckpointError, load_state_dict_checked, read_json_object, read_state_dict
 
 from .model import HunyuanVideo, load_hunyuan_video
 from .text_encoders import ClipTextEncoder, LlamaTextEncoder
@@ -40,7 +39,6 @@ __all__ = [
     "default_model_base",
     "find_model_files",
     "check_model_files",
-    "load_transformer",
     "load_llama_encoder",
     "load_clip_encoder",
     "load_vae",
@@ -197,18 +195,11 @@ def check_model_files(files: ModelFiles) -> None:
     raise CheckpointError("\n".join(lines))
 
 
-def load_transformer(
-    files: ModelFiles, model_name: str, dtype: torch.dtype | None = None, load_key: str = "module"
-) -> HunyuanVideo:
-    """The transformer on CPU: preset ``model_name`` for a checkpoint file, the folder's config for a diffusers one."""
-    return load_hunyuan_video(files.transformer.path, model_name, dtype=dtype, load_key=load_key)
-
-
 def _pretrained(what: str, folder: Path, load):
     """Run a ``from_pretrained`` call, turning the libraries' errors into one CheckpointError naming the folder."""
     try:
         return load()
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"Could not load the {what} from {folder.absolute()}:\n  {exc}") from exc
 
 
@@ -266,7 +257,7 @@ def load_vae(folder: str | Path, dtype: torch.dtype = torch.float32) -> nn.Modul
     from diffusers import AutoencoderKLHunyuanVideo
 
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json_object(folder / "config.json", "VAE config.json")
     if config.get("_class_name") != "AutoencoderKLCausal3D":
         vae = _pretrained(
             "VAE",
@@ -331,7 +322,7 @@ def load_components(
     """Check that every file is there (one error listing all that are not), then load all four models on CPU."""
     check_model_files(files)
     components = HunyuanVideoComponents(
-        transformer=load_transformer(files, model_name, dtype, load_key),
+        transformer=load_hunyuan_video(files.transformer.path, model_name, dtype=dtype, load_key=load_key),
         vae=load_vae(files.vae.path, vae_dtype),
         text_encoder=load_llama_encoder(files, text_encoder_dtype, text_len, hidden_state_skip_layer, apply_final_norm),
         text_encoder_2=load_clip_encoder(files, text_encoder_dtype),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,10 @@ __all__ = [
     "load_state_dict_checked",
     "truncated_list",
     "KeyPool",
+    "find_diffusers_model_folder",
+    "read_json_object",
+    "read_diffusers_weights",
+    "read_diffusers_folder",
 ]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -42,6 +47,12 @@ MAX_LISTED = 20
 # Wrappers that prefix every key: DistributedDataParallel ("module."), torch.compile ("_orig_mod."), Lightning-style
 # training wrappers ("model."). Recognised only to suggest the fix in the error message.
 KNOWN_KEY_PREFIXES = ("module.", "_orig_mod.", "model.")
+DIFFUSERS_CONFIG = "config.json"
+# (sharded index, single file) of a diffusers model folder, in order of preference: safetensors first, as diffusers.
+DIFFUSERS_WEIGHT_FILES = (
+    ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors"),
+    ("diffusion_pytorch_model.bin.index.json", "diffusion_pytorch_model.bin"),
+)
 
 
 class CheckpointError(Exception):
@@ -249,3 +260,86 @@ class KeyPool:
         if self._left:
             lines.append(f"  keys no mapping consumes ({len(self._left)}): {truncated_list(sorted(self._left))}")
         raise CheckpointError("\n".join(lines))
+
+
+def find_diffusers_model_folder(path: str | Path, subfolder: str, what: str = "Checkpoint folder") -> Path:
+    """The diffusers model folder at ``path``: ``path`` itself when it holds ``config.json``, else its ``subfolder``
+    (e.g. ``transformer/`` of a pipeline folder) when that does; anything else is a CheckpointError."""
+    path = require_path(path, what, f"Pass a diffusers model folder or a pipeline folder with {subfolder}/.")
+    for candidate in (path, path / subfolder):
+        if (candidate / DIFFUSERS_CONFIG).is_file():
+            return candidate
+    raise CheckpointError(
+        f"{what} is not a diffusers model folder:\n  {path.absolute()}\n"
+        f"Expected {DIFFUSERS_CONFIG} and diffusion_pytorch_model.safetensors (or shards with their index json) in "
+        f"it (a model folder), or in its {subfolder}/ subfolder (a pipeline folder)."
+    )
+
+
+def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    """The JSON object (dict) in the file ``path``; a missing, unreadable or non-object file is a CheckpointError."""
+    path = require_path(path, what, "Pass a complete diffusers folder (download it again if a file is missing).")
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"Could not read {what} as JSON:\n  {path.absolute()}\n  reason: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+    if not isinstance(content, dict):
+        raise CheckpointError(f"{what} does not hold a JSON object:\n  {path.absolute()}")
+    return content
+
+
+def read_diffusers_weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a diffusers model folder: one ``diffusion_pytorch_model.safetensors`` (or ``.bin``), or the
+    shards listed in its ``.index.json``, each checked to hold exactly the tensors the index assigns to it."""
+    folder = Path(folder)
+    for index_name, single_name in DIFFUSERS_WEIGHT_FILES:
+        if (folder / index_name).is_file():
+            return _read_sharded(folder / index_name)
+        if (folder / single_name).is_file():
+            return read_state_dict(folder / single_name)
+    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    raise CheckpointError(
+        f"No diffusers weights in {folder.absolute()}\n"
+        f"  expected one of: {', '.join(name for pair in DIFFUSERS_WEIGHT_FILES for name in pair)}\n"
+        f"  found: {', '.join(present) or '(empty or no folder)'}"
+    )
+
+
+def read_diffusers_folder(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(state dict, config)`` of a diffusers model folder (see :func:`find_diffusers_model_folder`): the tensors
+    of :func:`read_diffusers_weights` in the file's keys and dtypes, and ``config.json`` as a dict."""
+    folder = Path(folder)
+    config = read_json_object(folder / DIFFUSERS_CONFIG, f"Diffusers {DIFFUSERS_CONFIG}")
+    return read_diffusers_weights(folder), config
+
+
+def _read_sharded(index: Path) -> dict[str, torch.Tensor]:
+    """Merge the shards listed in a diffusers/transformers ``*.index.json``; every listed key must be in its shard
+    and every shard's key must be listed, so a stale index or a shard from another download is refused."""
+    weight_map = read_json_object(index, "Sharded weights index").get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(
+            f"Sharded weights index has no 'weight_map' of tensor names to shard files:\n  {index.absolute()}\n"
+            "The index is corrupt: download it again."
+        )
+    merged: dict[str, torch.Tensor] = {}
+    problems = []
+    for shard in sorted(set(weight_map.values())):
+        how = f"The index {index.name} lists it: download the missing shard into {index.parent.absolute()}/."
+        tensors = read_state_dict(require_path(index.parent / shard, f"Shard {shard!r}", how))
+        listed = {key for key, file in weight_map.items() if file == shard}
+        absent, unlisted = sorted(listed - set(tensors)), sorted(set(tensors) - listed)
+        if absent:
+            problems.append(f"  listed for {shard} but absent from it ({len(absent)}): {truncated_list(absent)}")
+        if unlisted:
+            problems.append(f"  in {shard} but not listed for it ({len(unlisted)}): {truncated_list(unlisted)}")
+        merged.update(tensors)
+    if problems:
+        raise CheckpointError(
+            f"The shards do not hold the tensors their index lists:\n  {index.absolute()}\n"
+            + "\n".join(problems)
+            + "\nThe index and the shards come from different downloads, or a shard is damaged: download them again."
+        )
+    return merged

@@ -6,11 +6,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .taylor_cache import TaylorSeerConfig, full_step_indices
+from .taylor_cache import TaylorCache, TaylorSeerConfig, full_step_indices
 
-__all__ = ["FlopsReport", "count_flops"]
+__all__ = ["FlopsReport", "count_flops", "full_and_forecast_flops"]
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -21,6 +22,21 @@ def count_flops(fn: Callable[[], object]) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
+
+
+def full_and_forecast_flops(run: Callable[[TaylorCache], object]) -> tuple[float, float]:
+    """(full step, forecast step) FLOPs of ``run(cache)``, one model forward with the given cache.
+
+    ``run`` is called twice under ``torch.no_grad()`` with one cache whose step 0 is full and step 1 a forecast
+    (interval 2, order 1), so the second call costs only what runs outside the cached modules.
+    """
+    cache = TaylorCache(TaylorSeerConfig(interval=2, max_order=1, first_enhance=1))
+    flops = []
+    with torch.no_grad():
+        for step in (0, 1):
+            cache.begin_step(step)
+            flops.append(count_flops(lambda: run(cache)))
+    return float(flops[0]), float(flops[1])
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,14 @@ order (0 = first, noisiest step); a tree whose reference counts down gives ident
 sign together.
 
 The full-vs-forecast decision is the pure function :func:`is_full_step` of (step, config). The sampler calls
-:meth:`TaylorCache.begin_step` once per step; blocks only call :meth:`TaylorCache.apply` (through :func:`cached`).
+:meth:`TaylorCache.begin_step` once per step; blocks only call :meth:`TaylorCache.apply` (through :func:`cached`),
+or :meth:`TaylorCache.apply_group` (through :func:`cached_group`) for one computation with several cached outputs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,7 @@ __all__ = [
     "TaylorCache",
     "LayerCache",
     "cached",
+    "cached_group",
     "is_full_step",
     "full_step_indices",
     "update_factors",
@@ -179,6 +181,21 @@ class TaylorCache:
             return feature
         return self.predict(key)
 
+    def apply_group(
+        self, keys: Sequence[Hashable], compute: Callable[[], Sequence[torch.Tensor]]
+    ) -> tuple[torch.Tensor, ...]:
+        """:meth:`apply` for one computation with several outputs, ``keys[i]`` caching ``compute()[i]``: at a full
+        step ``compute()`` runs once and each output is recorded in key order; otherwise each key is forecast and
+        ``compute`` does not run."""
+        if self.is_full_step:
+            features = tuple(compute())
+            if len(features) != len(keys):
+                raise ValueError(f"compute() returned {len(features)} outputs for the {len(keys)} keys {tuple(keys)!r}")
+            for key, feature in zip(keys, features, strict=True):
+                self.update(key, feature)
+            return features
+        return tuple(self.predict(key) for key in keys)
+
     @torch.compiler.disable
     def update(self, key: Hashable, feature: torch.Tensor) -> None:
         """Record ``feature`` for ``key`` at the current (full) step and refresh its Taylor factors."""
@@ -242,9 +259,27 @@ class LayerCache:
     def apply(self, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         return self.cache.apply((self.index, name), compute)
 
+    def apply_group(
+        self, names: Sequence[str], compute: Callable[[], Sequence[torch.Tensor]]
+    ) -> tuple[torch.Tensor, ...]:
+        return self.cache.apply_group([(self.index, name) for name in names], compute)
+
 
 def cached(cache: LayerCache | TaylorCache | None, name: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     """``compute()`` when there is no cache (the plain model, unchanged), else the cache's compute-or-forecast."""
     if cache is None:
         return compute()
     return cache.apply(name, compute)
+
+
+def cached_group(
+    cache: LayerCache | TaylorCache | None,
+    names: Sequence[Hashable],
+    compute: Callable[[], Sequence[torch.Tensor]],
+) -> tuple[torch.Tensor, ...]:
+    """:func:`cached` for one computation with several outputs (e.g. a joint attention's image and text parts):
+    ``names[i]`` caches ``compute()[i]``. Without a cache ``compute()`` just runs; at a full step it runs once and
+    every output is recorded; at a forecast step every output is forecast and ``compute`` never runs."""
+    if cache is None:
+        return tuple(compute())
+    return cache.apply_group(names, compute)
