@@ -37,6 +37,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from common.checkpoint import CheckpointError, read_state_dict, require_path
 from common.images import to_uint8
+from common.report import resolve_device
 from taylorseer_dit.digits import CLASSIFIER_PATH, DIGITS_IMAGE_SIZE, DigitClassifier, load_classifier, load_digits
 
 __all__ = [
@@ -358,11 +359,9 @@ def compute_metrics(
         raise ValueError(
             f"unknown feature extractor '{feature_extractor}'; choose from {', '.join(FEATURE_EXTRACTORS)}"
         )
-    device = torch.device(device)
+    device = resolve_device(device)
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"torch-fidelity runs on the CPU or a CUDA GPU, not on '{device}'")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{device}' was asked for, but torch sees no CUDA GPU; use --device cpu")
     inputs = [open_images(samples, "samples")]
     if wanted != {"isc"}:  # torch-fidelity would extract the features of a second input even for ISC alone
         if reference is None:

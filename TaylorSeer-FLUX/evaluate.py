@@ -8,7 +8,9 @@
 Images are paired by file name (``sample.py`` writes ``{index:05d}.png`` and a ``metadata.jsonl`` with one
 ``{"index", "prompt", ...}`` object per line). Each candidate folder gets PSNR, SSIM and LPIPS against the reference
 (per pair, then averaged), and the candidate's and the reference's ImageReward and CLIP score over the same pairs.
-Prompts come from the folders' ``metadata.jsonl``, or from ``--prompt-file`` (one per line, line i for image i).
+Prompts come from the folders' ``metadata.jsonl``, or from ``--prompt-file`` (one per line); as in ``sample.py``, image
+k belongs to prompt line ``k // --num-images-per-prompt``. Each reference image is decoded and scored once, whatever
+the number of candidate folders.
 
 Every model is read from local files only, never downloaded; one that is missing is reported once and its metric is
 null while the others run:
@@ -50,9 +52,10 @@ from common.quality_metrics import (
     LPIPS_WEIGHTS_ENV,
     PSNR_CAP_DB,
     ClipScorer,
+    FilePairs,
     PairedImageMetrics,
     format_value,
-    load_lpips,
+    load_lpips_or_warn,
     markdown_table,
     mean_or_none,
     pair_files,
@@ -95,7 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--prompt-file",
         default=None,
-        help="one prompt per line, line i for image {i:05d}.png (default: the folders' metadata.jsonl)",
+        help="one prompt per line; image {k:05d}.png has line k // --num-images-per-prompt (default: the folders' "
+        "metadata.jsonl)",
+    )
+    parser.add_argument(
+        "--num-images-per-prompt",
+        type=int,
+        default=1,
+        help="images per line of --prompt-file, as sample.py's flag of the same name numbered them",
     )
     parser.add_argument(
         "--clip-model", default=None, help=f"local CLIP folder (default: ${CLIP_MODEL_ENV}, else pretrained_models/)"
@@ -130,13 +140,18 @@ def image_name(index: int) -> str:
     return f"{index:05d}.png"
 
 
-def read_prompt_file(path: str | Path) -> dict[str, str]:
-    """Non-empty lines of a prompt file; the i-th one is the prompt of image ``{i:05d}.png``."""
+def read_prompt_file(path: str | Path, num_images_per_prompt: int = 1) -> dict[str, str]:
+    """Image file name -> prompt from the non-empty lines of a prompt file. ``sample.py`` numbers image
+    ``k = i * num_images_per_prompt + j`` for line i and j < num_images_per_prompt, so image k has line
+    ``k // num_images_per_prompt``."""
+    if num_images_per_prompt < 1:
+        raise UsageError(f"--num-images-per-prompt must be >= 1, got {num_images_per_prompt}")
     path = Path(path).expanduser()
     if not path.is_file():
         raise UsageError(f"prompt file not found: {path.absolute()}")
     prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {image_name(i): prompt for i, prompt in enumerate(prompts)}
+    n = num_images_per_prompt
+    return {image_name(i * n + j): prompt for i, prompt in enumerate(prompts) for j in range(n)}
 
 
 def read_metadata(path: Path) -> dict[str, tuple[str, object]]:
@@ -157,12 +172,14 @@ def read_metadata(path: Path) -> dict[str, tuple[str, object]]:
     return entries
 
 
-def collect_prompts(prompt_file: str | None, folders: Sequence[Path]) -> tuple[dict[str, str] | None, str | None]:
-    """File name -> prompt, and where it came from: ``prompt_file``, else every folder's ``metadata.jsonl``. These
-    must agree on the prompt and seed of the images they share, else the runs are not comparable pair by pair.
-    None if there is no source."""
+def collect_prompts(
+    prompt_file: str | None, folders: Sequence[Path], num_images_per_prompt: int = 1
+) -> tuple[dict[str, str] | None, str | None]:
+    """File name -> prompt, and where it came from: ``prompt_file`` (``num_images_per_prompt`` images per line), else
+    every folder's ``metadata.jsonl``. These must agree on the prompt and seed of the images they share, else the runs
+    are not comparable pair by pair. None if there is no source."""
     if prompt_file:
-        return read_prompt_file(prompt_file), str(prompt_file)
+        return read_prompt_file(prompt_file, num_images_per_prompt), str(prompt_file)
     sources = [folder / METADATA_FILE for folder in folders if (folder / METADATA_FILE).is_file()]
     if not sources:
         return None, None
@@ -194,18 +211,16 @@ def load_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
 
 
-def check_sizes(reference_dir: Path, candidate_dir: Path, names: Sequence[str]) -> list[tuple[int, int]]:
-    """The size of every pair, read from the file headers before any metric runs; a mismatch is an UsageError."""
-    sizes = []
+def check_sizes(reference_sizes: dict[str, tuple[int, int]], candidate_dir: Path, names: Sequence[str]) -> None:
+    """Each candidate image has the size of its reference image (read once from the headers, before any metric
+    runs); a mismatch is an UsageError."""
     for name in names:
-        reference, candidate = image_size(reference_dir / name), image_size(candidate_dir / name)
+        reference, candidate = reference_sizes[name], image_size(candidate_dir / name)
         if reference != candidate:
             raise UsageError(
                 f"{name}: reference is {reference[0]}x{reference[1]} but {candidate_dir} has {candidate[0]}x"
                 f"{candidate[1]}; pairs must have the same size"
             )
-        sizes.append(reference)
-    return sizes
 
 
 def batches(names: Sequence[str], sizes: Sequence[tuple[int, int]], batch_size: int) -> Iterator[list[str]]:
@@ -245,7 +260,8 @@ class ImageRewardScorer:
     """ImageReward-v1.0 (Xu et al., NeurIPS 2023), the paper's human-preference score, from local files only.
 
     The ``image-reward`` package provides the model; it is built with ``med_config`` (BLIP's text-encoder config),
-    given the weights of ``checkpoint`` and scores one (prompt, image file) at a time.
+    given the weights of ``checkpoint`` and scores one (prompt, image) at a time, the image already decoded (the
+    package takes a PIL image as well as a path), so no file is read twice.
     """
 
     def __init__(self, checkpoint: Path, med_config: Path, device: torch.device) -> None:
@@ -280,9 +296,11 @@ class ImageRewardScorer:
         self.model = model.to(device).eval()
         self.checkpoint = checkpoint
 
-    def __call__(self, prompt: str, image_path: Path) -> float:
+    def __call__(self, prompt: str, image: torch.Tensor) -> float:
+        """The reward of one uint8 (3, H, W) RGB image, as :func:`load_image` returns it, for ``prompt``."""
+        pil_image = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
         with torch.no_grad():
-            return float(self.model.score(prompt, str(image_path)))
+            return float(self.model.score(prompt, pil_image))
 
 
 def load_image_reward(args: argparse.Namespace, device: torch.device) -> ImageRewardScorer | None:
@@ -310,14 +328,6 @@ def load_clip(args: argparse.Namespace, device: torch.device) -> ClipScorer | No
         return None
 
 
-def load_lpips_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module | None:
-    try:
-        return load_lpips(args.lpips_weights, args.lpips_net, device)
-    except CheckpointError as err:
-        warn(f"LPIPS skipped (null), PSNR and SSIM still run: {err}")
-        return None
-
-
 @dataclass
 class Scorers:
     """Everything that scores images; text metrics are None when their model or the prompts are missing."""
@@ -328,50 +338,62 @@ class Scorers:
     prompts: dict[str, str] | None
 
 
-def score_candidate(
+def text_scores(scorers: Scorers, images: torch.Tensor, prompts: Sequence[str] | None) -> list[dict[str, float | None]]:
+    """CLIP score and ImageReward of each image of a uint8 batch; None where the model or the prompts are missing."""
+    none = [None] * len(images)
+    clip = scorers.clip(images, prompts).tolist() if scorers.clip and prompts else none
+    rewards = (
+        [scorers.image_reward(prompt, image) for prompt, image in zip(prompts, images, strict=True)]
+        if scorers.image_reward and prompts
+        else none
+    )
+    return [{"clip_score": c, "image_reward": r} for c, r in zip(clip, rewards, strict=True)]
+
+
+def score_runs(
     reference_dir: Path,
-    candidate_dir: Path,
-    names: Sequence[str],
-    sizes: Sequence[tuple[int, int]],
+    candidate_dirs: Sequence[Path],
+    pairings: Sequence[FilePairs],
+    reference_sizes: dict[str, tuple[int, int]],
     scorers: Scorers,
-    reference_cache: dict[str, dict[str, float | None]],
     batch_size: int,
     progress: bool,
-) -> list[dict[str, object]]:
-    """Per-image records of one candidate folder; the reference's own scores are computed once per image across
-    candidates and kept in ``reference_cache``."""
-    records = []
-    with tqdm(total=len(names), desc=candidate_dir.name, unit="img", disable=not progress) as bar:
-        for batch in batches(names, sizes, batch_size):
+) -> tuple[dict[str, dict[str, float | None]], list[list[dict[str, object]]]]:
+    """The reference's own scores per image, and the per-image records of every candidate folder.
+
+    Files are the outer loop: a batch of reference images is decoded and text-scored once, then compared with the
+    same files of every candidate that has them, so only one reference batch and one candidate batch are in memory.
+    """
+    names = sorted({name for pairs in pairings for name in pairs.names})
+    paired_names = [set(pairs.names) for pairs in pairings]
+    reference_scores: dict[str, dict[str, float | None]] = {}
+    records: list[list[dict[str, object]]] = [[] for _ in candidate_dirs]
+    with tqdm(total=len(names), desc=reference_dir.name, unit="img", disable=not progress) as bar:
+        for batch in batches(names, [reference_sizes[name] for name in names], batch_size):
             reference = torch.stack([load_image(reference_dir / name) for name in batch])
-            candidate = torch.stack([load_image(candidate_dir / name) for name in batch])
-            paired = scorers.paired(reference, candidate)
             prompts = [scorers.prompts[name] for name in batch] if scorers.prompts is not None else None
-            clip = scorers.clip(candidate, prompts).tolist() if scorers.clip and prompts else [None] * len(batch)
-            todo = [i for i, name in enumerate(batch) if name not in reference_cache]
-            reference_clip = (
-                scorers.clip(reference[todo], [prompts[i] for i in todo]).tolist()
-                if scorers.clip and prompts and todo
-                else [None] * len(todo)
-            )
-            for i, value in zip(todo, reference_clip, strict=True):
-                name = batch[i]
-                reward = scorers.image_reward(prompts[i], reference_dir / name) if scorers.image_reward else None
-                reference_cache[name] = {"clip_score": value, "image_reward": reward}
-            for i, name in enumerate(batch):
-                reward = scorers.image_reward(prompts[i], candidate_dir / name) if scorers.image_reward else None
-                records.append(
-                    {
-                        "file": name,
-                        **{metric: float(values[i]) for metric, values in paired.items()},
-                        "clip_score": clip[i],
-                        "reference_clip_score": reference_cache[name]["clip_score"],
-                        "image_reward": reward,
-                        "reference_image_reward": reference_cache[name]["image_reward"],
-                    }
-                )
+            reference_scores.update(zip(batch, text_scores(scorers, reference, prompts), strict=True))
+            for folder, wanted, out in zip(candidate_dirs, paired_names, records, strict=True):
+                rows = [i for i, name in enumerate(batch) if name in wanted]
+                if not rows:
+                    continue
+                candidate = torch.stack([load_image(folder / batch[i]) for i in rows])
+                paired = scorers.paired(reference[rows], candidate)
+                row_prompts = None if prompts is None else [prompts[i] for i in rows]
+                for k, (i, scores) in enumerate(zip(rows, text_scores(scorers, candidate, row_prompts), strict=True)):
+                    own = reference_scores[batch[i]]
+                    out.append(
+                        {
+                            "file": batch[i],
+                            **{metric: float(values[k]) for metric, values in paired.items()},
+                            "clip_score": scores["clip_score"],
+                            "reference_clip_score": own["clip_score"],
+                            "image_reward": scores["image_reward"],
+                            "reference_image_reward": own["image_reward"],
+                        }
+                    )
             bar.update(len(batch))
-    return records
+    return reference_scores, records
 
 
 def summarize(records: Sequence[dict[str, object]]) -> dict[str, float | None]:
@@ -405,7 +427,7 @@ def main(args: argparse.Namespace) -> dict:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     reference_dir = existing_dir(args.reference_dir, "reference")
     candidate_dirs = [existing_dir(folder, "candidate") for folder in args.candidate_dir]
-    pairings, sizes = [], []
+    pairings = []
     for folder in candidate_dirs:
         pairs = pair_files(reference_dir, folder, IMAGE_SUFFIXES)
         if not pairs.names:
@@ -414,31 +436,43 @@ def main(args: argparse.Namespace) -> dict:
                 f"({len(pairs.only_candidate)} vs {len(pairs.only_reference)} images)"
             )
         pairings.append(pairs)
-        # Checked before any model is loaded, so that bad input fails in seconds.
-        sizes.append(check_sizes(reference_dir, folder, pairs.names))
-    prompts, prompt_source = collect_prompts(args.prompt_file, [reference_dir, *candidate_dirs])
+    # Checked before any model is loaded, so that bad input fails in seconds.
+    paired = sorted({name for pairs in pairings for name in pairs.names})
+    reference_sizes = {name: image_size(reference_dir / name) for name in paired}
+    for folder, pairs in zip(candidate_dirs, pairings, strict=True):
+        check_sizes(reference_sizes, folder, pairs.names)
+    prompts, prompt_source = collect_prompts(
+        args.prompt_file, [reference_dir, *candidate_dirs], args.num_images_per_prompt
+    )
     device = resolve_device(args.device)
 
-    unprompted = sorted({name for pairs in pairings for name in pairs.names} - set(prompts or ()))
+    unprompted = sorted(set(paired) - set(prompts or ()))
     clip = image_reward = None
     if prompts is None:
         warn(f"CLIP score and ImageReward skipped (null): no --prompt-file and no {METADATA_FILE} in the folders")
     elif unprompted:
-        warn(f"CLIP score and ImageReward skipped (null): no prompt for {truncated_list(unprompted)}")
+        hint = (
+            f" (line k // {args.num_images_per_prompt} of --prompt-file is the prompt of image k: is "
+            "--num-images-per-prompt the one sample.py used?)"
+            if args.prompt_file
+            else ""
+        )
+        warn(f"CLIP score and ImageReward skipped (null): no prompt for {truncated_list(unprompted)}{hint}")
         prompts = None
     else:
         clip, image_reward = load_clip(args, device), load_image_reward(args, device)
-    scorers = Scorers(PairedImageMetrics(load_lpips_model(args, device), device), clip, image_reward, prompts)
+    lpips_model = load_lpips_or_warn(args.lpips_weights, args.lpips_net, device)
+    scorers = Scorers(PairedImageMetrics(lpips_model, device), clip, image_reward, prompts)
 
-    reference_cache: dict[str, dict[str, float | None]] = {}
-    candidates = []
-    for folder, pairs, pair_sizes in zip(candidate_dirs, pairings, sizes, strict=True):
+    for folder, pairs in zip(candidate_dirs, pairings, strict=True):
         for side, names in (("reference", pairs.only_reference), ("candidate", pairs.only_candidate)):
             if names:
                 warn(f"{folder}: {len(names)} image(s) only in the {side} folder, not scored: {truncated_list(names)}")
-        records = score_candidate(
-            reference_dir, folder, pairs.names, pair_sizes, scorers, reference_cache, args.batch_size, args.progress
-        )
+    reference_scores, per_candidate = score_runs(
+        reference_dir, candidate_dirs, pairings, reference_sizes, scorers, args.batch_size, args.progress
+    )
+    candidates = []
+    for folder, pairs, records in zip(candidate_dirs, pairings, per_candidate, strict=True):
         candidates.append(
             {
                 "candidate_dir": str(folder),
@@ -459,9 +493,9 @@ def main(args: argparse.Namespace) -> dict:
             "psnr_cap_db": PSNR_CAP_DB,
         },
         "reference": {
-            "num_images": len(reference_cache),
-            "clip_score": mean_or_none(values["clip_score"] for values in reference_cache.values()),
-            "image_reward": mean_or_none(values["image_reward"] for values in reference_cache.values()),
+            "num_images": len(reference_scores),
+            "clip_score": mean_or_none(values["clip_score"] for values in reference_scores.values()),
+            "image_reward": mean_or_none(values["image_reward"] for values in reference_scores.values()),
         },
         "candidates": candidates,
     }

@@ -9,8 +9,9 @@
     python TaylorSeer-HunyuanVideo/evaluate.py --vbench-results evaluation_results/
 
 Paired mode scores every frame pair (frame counts and sizes must match), averages over the frames of each video,
-then over the videos; LPIPS needs torchvision's AlexNet weights ``alexnet-owt-7be5be79.pth`` from a local file
-(--lpips-weights, $TAYLORSEER_LPIPS_WEIGHTS, ``pretrained_models/`` or the torch hub cache) and is null without them.
+then over the videos; each reference video is decoded once, whatever the number of candidate folders. LPIPS needs
+torchvision's AlexNet weights ``alexnet-owt-7be5be79.pth`` from a local file (--lpips-weights,
+$TAYLORSEER_LPIPS_WEIGHTS, ``pretrained_models/`` or the torch hub cache) and is null without them.
 
 VBench mode calls ``VBench(device, full_info_json, output_path).evaluate(..., mode="vbench_standard")`` on the chosen
 dimensions (default: the 16 standard ones), then :func:`aggregate_vbench`: each dimension min-max normalised with
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.checkpoint import CheckpointError, truncated_list
+from common.checkpoint import truncated_list
 from common.cli import HelpFormatter, UsageError, existing_dir, warn
 from common.quality_metrics import (
     LPIPS_NETS,
@@ -48,7 +49,7 @@ from common.quality_metrics import (
     PSNR_CAP_DB,
     PairedImageMetrics,
     format_value,
-    load_lpips,
+    load_lpips_or_warn,
     markdown_table,
     mean_or_none,
     pair_files,
@@ -295,25 +296,29 @@ def evaluate_pairs(args: argparse.Namespace, device: torch.device) -> tuple[dict
                 f"({len(pairs.only_candidate)} vs {len(pairs.only_reference)} videos)"
             )
         pairings.append(pairs)
-    try:
-        lpips_model = load_lpips(args.lpips_weights, args.lpips_net, device)
-    except CheckpointError as err:
-        warn(f"LPIPS skipped (null), PSNR and SSIM still run: {err}")
-        lpips_model = None
+    lpips_model = load_lpips_or_warn(args.lpips_weights, args.lpips_net, device)
     metrics = PairedImageMetrics(lpips_model, device)
-    candidates = []
     for folder, pairs in zip(candidate_dirs, pairings, strict=True):
         for side, names in (("reference", pairs.only_reference), ("candidate", pairs.only_candidate)):
             if names:
                 warn(f"{folder}: {len(names)} video(s) only in the {side} folder, not scored: {truncated_list(names)}")
-        per_video = []
-        for name in tqdm(pairs.names, desc=folder.name, unit="video", disable=not args.progress):
-            reference, candidate = read_frames(reference_dir / name), read_frames(folder / name)
+    # Files are the outer loop: each reference video is decoded once and compared with every candidate that has it;
+    # one reference and one candidate video are in memory at a time.
+    names = sorted({name for pairs in pairings for name in pairs.names})
+    paired_names = [set(pairs.names) for pairs in pairings]
+    videos: list[list[dict]] = [[] for _ in candidate_dirs]
+    for name in tqdm(names, desc=reference_dir.name, unit="video", disable=not args.progress):
+        reference = read_frames(reference_dir / name)
+        for folder, wanted, per_video in zip(candidate_dirs, paired_names, videos, strict=True):
+            if name not in wanted:
+                continue
             try:
-                values = video_metrics(reference, candidate, metrics, args.batch_size)
+                values = video_metrics(reference, read_frames(folder / name), metrics, args.batch_size)
             except ValueError as exc:
                 raise UsageError(f"{name} in {folder} vs {reference_dir}: {exc}") from exc
             per_video.append({"file": name, **values, **({"lpips": None} if lpips_model is None else {})})
+    candidates = []
+    for folder, pairs, per_video in zip(candidate_dirs, pairings, videos, strict=True):
         candidates.append(
             {
                 "candidate_dir": str(folder),

@@ -18,7 +18,6 @@ CLIPScore defines it, from a local folder in the layout of ``openai/clip-vit-lar
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -32,6 +31,8 @@ from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from common.checkpoint import CheckpointError, KeyPool, load_state_dict_checked, read_state_dict
+from common.cli import warn
+from common.report import markdown_table, resolve_device, save_report
 
 __all__ = [
     "save_report",
@@ -51,6 +52,7 @@ __all__ = [
     "default_lpips_weights",
     "resolve_lpips_weights",
     "load_lpips",
+    "load_lpips_or_warn",
     "PairedImageMetrics",
     "video_metrics",
     "resolve_clip_model",
@@ -211,6 +213,18 @@ def load_lpips(weights: str | Path | None = None, net: str = "alex", device: str
     return model.to(device).eval()
 
 
+def load_lpips_or_warn(
+    weights: str | Path | None = None, net: str = "alex", device: str | torch.device = "cpu"
+) -> nn.Module | None:
+    """:func:`load_lpips`, or None after one warning on stderr when its weights are missing or do not fit: the
+    evaluate.py scripts then report LPIPS as null while PSNR and SSIM still run."""
+    try:
+        return load_lpips(weights, net, device)
+    except CheckpointError as err:
+        warn(f"LPIPS skipped (null), PSNR and SSIM still run: {err}")
+        return None
+
+
 class PairedImageMetrics:
     """PSNR, SSIM and (given an LPIPS network) LPIPS of aligned batches, computed on ``device``.
 
@@ -362,30 +376,3 @@ def mean_or_none(values: Iterable[float | None]) -> float | None:
 def format_value(value: float | None, digits: int) -> str:
     """``value`` with ``digits`` decimals, or an en dash for a metric that was not computed."""
     return "–" if value is None else f"{value:.{digits}f}"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub markdown table; the first column is left-aligned, the others right-aligned."""
-    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``name`` as a torch device; a CUDA device on a machine without one is a ValueError."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' was asked for, but torch sees no CUDA GPU; use --device cpu")
-    return device
-
-
-def save_report(output: str | Path, record: dict, markdown: str) -> Path:
-    """Write ``record`` as JSON at ``output`` and ``markdown`` beside it (``.md``), print the table, return the path.
-    NaN is refused (``allow_nan=False``): a metric that could not be computed is null, never NaN."""
-    output = Path(output).expanduser()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-    output.with_suffix(".md").write_text(markdown + "\n")
-    print(markdown)
-    print(f"saved {output} and {output.with_suffix('.md')}")
-    return output

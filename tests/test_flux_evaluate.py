@@ -168,8 +168,10 @@ def test_image_reward_scores_candidate_and_reference_offline(runs, tmp_path, mon
             assert huggingface_hub.constants.HF_HUB_OFFLINE  # BLIP's tokenizer may only come from the cache
             self.scale = torch.nn.Parameter(torch.zeros(()))
 
-        def score(self, prompt: str, image_path: str) -> float:
-            pixels = np.asarray(Image.open(image_path), dtype=np.float64)
+        def score(self, prompt: str, image: Image.Image) -> float:
+            # The decoded image, never a path to open again (the package takes both).
+            assert isinstance(image, Image.Image) and image.mode == "RGB"
+            pixels = np.asarray(image, dtype=np.float64)
             return float(self.scale) * pixels.mean() / 255 + len(prompt) / 100
 
     module = types.ModuleType("ImageReward.ImageReward")
@@ -197,6 +199,57 @@ def test_image_reward_scores_candidate_and_reference_offline(runs, tmp_path, mon
     assert candidate["reference_image_reward"] == pytest.approx(expected(reference_images()), abs=1e-9)
     assert record["reference"]["image_reward"] == pytest.approx(expected(reference_images()), abs=1e-9)
     assert record["settings"]["image_reward"] == str(weights)
+
+
+def test_each_file_is_decoded_once_with_two_candidates(runs, tmp_path, monkeypatch):
+    """Reference images are read once, not once per candidate folder; every candidate image once too."""
+    reads: dict[Path, int] = {}
+    load_image = evaluate.load_image
+
+    def counting_load_image(path: Path) -> torch.Tensor:
+        reads[path] = reads.get(path, 0) + 1
+        return load_image(path)
+
+    monkeypatch.setattr(evaluate, "load_image", counting_load_image)
+    (runs["same"] / "00003.png").unlink()  # a file only one candidate pairs
+    record = run_main(
+        "--reference-dir", str(runs["reference"]), "--candidate-dir", str(runs["shifted"]), str(runs["same"]),
+        "--lpips-weights", str(tmp_path / "missing.pth"), "--clip-model", str(tmp_path / "no-clip"),
+        "--batch-size", "3",
+    )  # fmt: skip
+    names = [f"{i:05d}.png" for i in range(4)]
+    expected = {runs["reference"] / n: 1 for n in names} | {runs["shifted"] / n: 1 for n in names}
+    assert reads == expected | {runs["same"] / n: 1 for n in names[:3]}
+    shifted, same = record["candidates"]
+    assert [r["file"] for r in shifted["per_image"]] == names and [r["file"] for r in same["per_image"]] == names[:3]
+    assert [r["psnr"] for r in shifted["per_image"]] == pytest.approx([20 * math.log10(255 / d) for d in OFFSETS])
+    assert same["psnr"] == 100.0 and record["reference"]["num_images"] == 4
+
+
+def test_num_images_per_prompt_maps_image_k_to_line_k_over_n(runs, models, tmp_path, capsys):
+    """sample.py numbers image k = prompt_index * n + j: with n = 2, images 0, 1 have line 0 and 2, 3 line 1."""
+    for folder in runs.values():
+        (folder / "metadata.jsonl").unlink()
+    prompt_file = tmp_path / "prompts.txt"
+    prompt_file.write_text("\n".join(PROMPTS[:2]) + "\n")
+    assert evaluate.read_prompt_file(prompt_file, 2) == {
+        "00000.png": PROMPTS[0], "00001.png": PROMPTS[0], "00002.png": PROMPTS[1], "00003.png": PROMPTS[1],
+    }  # fmt: skip
+    args = ["--reference-dir", str(runs["reference"]), "--candidate-dir", str(runs["shifted"])]
+    args += ["--prompt-file", str(prompt_file), "--clip-model", str(models["clip"])]
+    args += ["--lpips-weights", str(tmp_path / "missing.pth")]
+    record = run_main(*args, "--num-images-per-prompt", "2")
+    candidate = uint8_tensor(reference_images() + np.array(OFFSETS, dtype=np.uint8).reshape(-1, 1, 1, 1))
+    prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1]]
+    expected = ClipScorer(models["clip"])(candidate, prompts).tolist()
+    assert [r["clip_score"] for r in record["candidates"][0]["per_image"]] == pytest.approx(expected, abs=1e-5)
+    capsys.readouterr()
+    # The default of 1 leaves images 2 and 3 without a prompt: the warning points at the flag.
+    assert run_main(*args)["candidates"][0]["clip_score"] is None
+    err = capsys.readouterr().err
+    assert "no prompt for 00002.png, 00003.png" in err and "--num-images-per-prompt" in err
+    with pytest.raises(evaluate.UsageError, match="--num-images-per-prompt must be >= 1, got 0"):
+        run_main(*args, "--num-images-per-prompt", "0")
 
 
 def test_no_pairs_is_one_error_line_with_exit_code_2(runs, tmp_path, monkeypatch, capsys):

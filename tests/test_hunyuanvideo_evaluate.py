@@ -98,6 +98,29 @@ def test_paired_videos_identical_and_noisy(videos, lpips_weights, tmp_path):
     )
 
 
+def test_each_video_is_decoded_once_with_two_candidates(videos, tmp_path, monkeypatch, capsys):
+    """A reference video is read once, not once per candidate folder, and so is every candidate video."""
+    reads: dict[Path, int] = {}
+    read_frames = evaluate.read_frames
+
+    def counting_read_frames(path: Path) -> np.ndarray:
+        reads[path] = reads.get(path, 0) + 1
+        return read_frames(path)
+
+    monkeypatch.setattr(evaluate, "read_frames", counting_read_frames)
+    record = run_main(
+        "--reference-dir", str(videos["full"]), "--candidate-dir", str(videos["same"]), str(videos["noisy"]),
+        "--lpips-weights", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "hv.json"),
+    )  # fmt: skip
+    assert reads == {videos[folder] / name: 1 for folder in ("full", "same", "noisy") for name in NAMES}
+    same, noise = record["candidates"]
+    assert [v["file"] for v in same["per_video"]] == [v["file"] for v in noise["per_video"]] == list(NAMES)
+    assert same["psnr"] == PSNR_CAP_DB and 20 < noise["psnr"] < 40
+    # LPIPS without weights: one warning from the shared helper, null values.
+    err = capsys.readouterr().err
+    assert err.count("LPIPS skipped (null), PSNR and SSIM still run") == 1 and same["lpips"] is None
+
+
 def test_missing_lpips_weights_leave_lpips_null(videos, tmp_path, capsys):
     record = run_main(
         "--reference-dir", str(videos["full"]), "--candidate-dir", str(videos["noisy"]),

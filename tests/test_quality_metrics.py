@@ -1,6 +1,7 @@
 """common/quality_metrics.py: PSNR/SSIM against hand-computed values, LPIPS through its local-weights loader, CLIP
 score against a computation through transformers, per-video frame averaging and file pairing."""
 
+import json
 import math
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 import torchvision
 from tiny_text_models import save_tiny_clip_model
 
+from common import quality_metrics, report
 from common.checkpoint import CheckpointError
 from common.quality_metrics import (
     CLIP_MODEL_ENV,
@@ -18,11 +20,13 @@ from common.quality_metrics import (
     ClipScorer,
     PairedImageMetrics,
     load_lpips,
+    load_lpips_or_warn,
     lpips,
     pair_files,
     psnr,
     resolve_clip_model,
     resolve_lpips_weights,
+    save_report,
     ssim,
     to_unit_float,
     video_metrics,
@@ -87,6 +91,16 @@ def test_ssim_is_one_for_identical_images_and_lower_otherwise():
     assert (noisy < 0.2).all()
 
 
+def test_ssim_of_constant_images_matches_the_formula():
+    """Constant images c and c + d: means c and c + d, no variance, so SSIM is the luminance term alone,
+    (2 c (c + d) + C1) / (c^2 + (c + d)^2 + C1) with C1 = (0.01 * 255)^2 in uint8 units."""
+    c, d = 100, 20
+    c1 = (0.01 * 255) ** 2
+    expected = (2 * c * (c + d) + c1) / (c**2 + (c + d) ** 2 + c1)  # 0.98358
+    reference = torch.full((2, 3, 32, 32), c, dtype=torch.uint8)
+    assert ssim(reference, reference + d).tolist() == pytest.approx([expected, expected], abs=1e-4)
+
+
 def test_bad_inputs_are_value_errors():
     with pytest.raises(ValueError, match="shape"):
         psnr(random_images(2, size=32), random_images(2, size=48))
@@ -116,6 +130,16 @@ def test_lpips_loads_local_backbone_and_gives_zero_for_identical_images(lpips_we
     assert different.shape == (2,) and (different > 0).all()
     metrics = PairedImageMetrics(model)
     assert set(metrics(reference, reference)) == {"psnr", "ssim", "lpips"}
+
+
+def test_load_lpips_or_warn_warns_once_and_gives_none_without_weights(lpips_weights, tmp_path, capsys):
+    model = load_lpips_or_warn(lpips_weights)
+    assert model is not None and lpips(random_images(1), random_images(1), model).tolist() == [0.0]
+    assert capsys.readouterr().err == ""
+    assert load_lpips_or_warn(tmp_path / "missing.pth") is None
+    err = capsys.readouterr().err
+    assert err.startswith("warning: LPIPS skipped (null), PSNR and SSIM still run:") and err.count("\n") == 1
+    assert "missing.pth" in err and ALEXNET_URL in err
 
 
 def test_lpips_rejects_a_file_without_backbone_features(tmp_path):
@@ -218,3 +242,21 @@ def test_pair_files_matches_names_and_skips_hidden_and_other_files(tmp_path):
     pairs = pair_files(reference, candidate, [".png"])
     assert pairs.names == ["b.png", "c.PNG"]
     assert pairs.only_reference == ["a.png"] and pairs.only_candidate == ["d.png"]
+
+
+def test_report_helpers_are_the_light_module_s(tmp_path):
+    """quality_metrics re-exports common/report.py's helpers (one copy, also used by DiT without torchmetrics)."""
+    for name in ("markdown_table", "resolve_device", "save_report"):
+        assert getattr(quality_metrics, name) is getattr(report, name) and name in quality_metrics.__all__
+    table = report.markdown_table(["run", "PSNR"], [["a", "1.0"], ["b", "2.0"]])
+    assert table.splitlines() == ["| run | PSNR |", "| --- | ---: |", "| a | 1.0 |", "| b | 2.0 |"]
+
+
+def test_save_report_writes_json_and_markdown_and_refuses_nan(tmp_path, capsys):
+    output = save_report(tmp_path / "out" / "run.json", {"psnr": 30.5, "lpips": None}, "| a |")
+    assert json.loads(output.read_text()) == {"psnr": 30.5, "lpips": None}
+    assert output.with_suffix(".md").read_text() == "| a |\n" and "| a |" in capsys.readouterr().out
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            save_report(tmp_path / "bad" / "run.json", {"candidates": [{"ssim": bad}]}, "| a |")
+        assert not (tmp_path / "bad").exists()  # refused before anything is written
