@@ -6,7 +6,9 @@ Every cell samples the same noise and labels as the full-compute run (DDIM 50, C
 the wall-clock speedup, the relative L2 error of the final samples against full compute, the FID against the real
 digits (in the feature space of the shipped digits classifier, see fidelity.py) and the class agreement judged by
 that classifier. The FID of full compute over several noise seeds gives the seed-to-seed spread that a difference
-must exceed to mean something. Cells are appended to cells.jsonl as they finish; a rerun skips finished cells.
+must exceed to mean something. Cells are appended to cells.jsonl as they finish, each with the settings it was made
+with; a rerun skips the finished cells of its own settings (cells recorded with other settings are not reused, and it
+says so), and a last line cut short by a kill is skipped with a warning.
 Outputs: results.md (markdown tables), results.json and quality_vs_speedup.png in --results-dir.
 """
 
@@ -15,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from common.checkpoint import CheckpointError
+from common.cli import UsageError, run_cli, warn
 from common.flops import FlopsReport
 from common.images import to_uint8
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
@@ -80,17 +81,53 @@ def fid(samples: torch.Tensor) -> float:
     return compute_metrics(to_uint8(samples), "digits", metrics=("fid",), feature_extractor="digits")["fid"]
 
 
-def load_cells(path: Path) -> dict[str, dict]:
+def cell_settings(args) -> dict:
+    """Everything besides (N, O, seed) that changes a cell's numbers: a cell is reused only under the same."""
+    return {
+        "ckpt": None if args.ckpt is None else str(Path(args.ckpt).absolute()),
+        "first_enhance": args.first_enhance,
+        "num_samples": args.num_samples,
+        "num_sampling_steps": args.num_sampling_steps,
+        "cfg_scale": args.cfg_scale,
+        "batch_size": args.batch_size,
+        "device": torch.device(args.device).type,
+    }
+
+
+def load_cells(path: Path, settings: dict) -> dict[str, dict]:
+    """The cells of ``path`` recorded with ``settings``, by key. A last line cut short (a kill during its append) is
+    skipped with a warning, as are the cells of other settings; a corrupt line elsewhere is a :class:`UsageError`."""
     if not path.exists():
         return {}
-    return {cell["key"]: cell for cell in map(json.loads, path.read_text().splitlines()) if cell}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    cells, other = {}, 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            cell = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                warn(f"{path}, line {number}: skipped a cell cut short ({exc.msg}); it will be sampled again")
+                continue
+            raise UsageError(f"{path}, line {number}: not a JSON cell ({exc.msg}); delete that line") from None
+        if not isinstance(cell, dict) or "key" not in cell:
+            raise UsageError(f"{path}, line {number}: expected a cell with a 'key'; delete that line")
+        if cell.get("settings") == settings:
+            cells[cell["key"]] = cell
+        else:
+            other += 1
+    if other:
+        warn(f"{path}: {other} cells were recorded with other settings than {settings} and are not reused")
+    return cells
 
 
 def run(args) -> dict:
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
     cells_path = results / "cells.jsonl"
-    cells = load_cells(cells_path)
+    settings = cell_settings(args)
+    cells = load_cells(cells_path, settings)
     device = torch.device(args.device)
     model = load_dit(BUNDLED_MODEL, args.ckpt, image_size=16, latent_scale=1, in_channels=1, num_classes=10,
                      device=device)  # fmt: skip
@@ -98,8 +135,8 @@ def run(args) -> dict:
     step_flops = reference_step_flops(model, 2 * args.batch_size)
 
     def record(key: str, **values) -> dict:
-        cells[key] = {"key": key, **values}
-        with cells_path.open("a") as f:
+        cells[key] = {"key": key, **values, "settings": settings}
+        with cells_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(cells[key]) + "\n")
         return cells[key]
 
@@ -150,7 +187,10 @@ def summarise(cells: dict[str, dict], args) -> dict:
             "agreement_per_seed": [c["agreement"] for c in full],
             "seconds": full_seconds,
         },
-        "cells": [{**cell, "wall_speedup": full_seconds / cell["seconds"]} for cell in grid],
+        "cells": [
+            {**{k: v for k, v in cell.items() if k != "settings"}, "wall_speedup": full_seconds / cell["seconds"]}
+            for cell in grid
+        ],
     }
 
 
@@ -206,7 +246,4 @@ def plot(summary: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        run(build_parser().parse_args())
-    except CheckpointError as err:
-        sys.exit(f"error: {err}")
+    run_cli(run, build_parser().parse_args())

@@ -7,19 +7,19 @@
 Samples and reference are folders of PNG images, ADM-style .npz files (arr_0: uint8 N x H x W x C), or ``digits``
 (the offline digits dataset). ``--feature-extractor digits`` measures in the feature space of the bundled digits
 classifier: its numbers compare with each other only, never with Inception FIDs. Prints a markdown table, writes the
-metrics as JSON and ends with the same record as one JSON line.
+metrics as JSON and the table as markdown beside it, and ends with the same record as one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-from common.checkpoint import CheckpointError
+from common.cli import run_cli
+from common.report import markdown_table, save_report
 from taylorseer_dit.fidelity import (
     DEFAULT_INCEPTION_WEIGHTS,
     FEATURE_EXTRACTORS,
@@ -77,9 +77,8 @@ def default_output(samples: str) -> Path:
     return stem.parent / f"{stem.name}-metrics.json"
 
 
-def markdown_table(metrics: dict[str, float]) -> str:
-    rows = [f"| {name} | {value:.6g} |" for name, value in metrics.items()]
-    return "\n".join(["| metric | value |", "| --- | ---: |", *rows])
+def metrics_table(metrics: dict[str, float]) -> str:
+    return markdown_table(["metric", "value"], [[name, f"{value:.6g}"] for name, value in metrics.items()])
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -104,19 +103,12 @@ def main(args: argparse.Namespace) -> dict:
         "num_reference": None if reference is None else len(reference),
         **metrics,
     }
-    output = Path(args.output) if args.output else default_output(args.samples)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(record, indent=2) + "\n")
     print(f"{args.samples} ({len(samples)} images) vs {args.reference}, {args.feature_extractor} features")
-    print(markdown_table(metrics))
-    print(f"saved {output}")
+    save_report(args.output or default_output(args.samples), record, metrics_table(metrics))
     print(json.dumps(record))
     return record
 
 
 if __name__ == "__main__":
     arguments = build_parser().parse_args()
-    try:
-        main(arguments)
-    except (CheckpointError, ValueError) as err:
-        sys.exit(f"error: {err}")
+    run_cli(main, arguments, catch=(ValueError,))

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from common.checkpoint import CheckpointError
-from common.cli import HelpFormatter
+from common.cli import HelpFormatter, run_cli
 from common.flops import FlopsReport
 from common.images import save_grid, save_labeled_rows
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
@@ -215,7 +213,4 @@ if __name__ == "__main__":
     parser = build_parser()
     arguments = parser.parse_args()
     taylorseer_config = check_args(arguments, parser)
-    try:
-        main(arguments, taylorseer_config)
-    except CheckpointError as err:
-        sys.exit(f"error: {err}")
+    run_cli(main, arguments, taylorseer_config)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,10 +26,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from common.checkpoint import CheckpointError
-from common.cli import HelpFormatter
+from common.cli import HelpFormatter, run_cli
 from common.distributed import Distributed, setup_distributed
 from common.images import to_uint8
+from common.io import atomic_write, remove_stale_temps
 from common.taylor_cache import TaylorCache, TaylorSeerConfig, full_step_indices
 from taylorseer_dit.defaults import BUNDLED_MODEL
 from taylorseer_dit.diffusion import GaussianDiffusion, create_diffusion
@@ -41,8 +39,6 @@ from taylorseer_dit.sampling_args import add_model_args, check_model_args, load_
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
-
-TEMP_SUFFIX = ".tmp"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +88,8 @@ def folder_name(args: argparse.Namespace, config: TaylorSeerConfig) -> str:
         f"-seed-{args.global_seed}-{sampler}{args.num_sampling_steps}"
         f"-N{config.interval}-O{config.max_order}-E{config.first_enhance}"
     )
+    if config.derivative_start_step:
+        name += f"-D{config.derivative_start_step}"
     if args.factor_dtype != "auto":
         name += f"-F{args.factor_dtype}"
     return name
@@ -148,16 +146,8 @@ def to_hwc_uint8(images: torch.Tensor) -> np.ndarray:
 
 def save_png_atomic(image: np.ndarray, path: Path) -> None:
     """Write a (H, W, 1 or 3) uint8 image under a temporary name, then rename it: a killed run leaves no partial PNG."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(temp, format="PNG")
-    os.replace(temp, path)
-
-
-def remove_stale_temps(folder: Path) -> None:
-    """Delete the temporary PNGs and .npz of a killed run (rank 0, before any rank writes)."""
-    stale = [*folder.glob(f".*{TEMP_SUFFIX}"), *folder.parent.glob(f".{folder.name}.npz.*{TEMP_SUFFIX}")]
-    for temp in stale:
-        temp.unlink(missing_ok=True)
+    pixels = image[..., 0] if image.shape[-1] == 1 else image
+    atomic_write(path, lambda temp: Image.fromarray(pixels).save(temp, format="PNG"))
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -176,10 +166,14 @@ def pack_npz(folder: Path, num_samples: int, path: Path) -> tuple[int, ...]:
     samples = np.empty((num_samples, *first.shape), dtype=np.uint8)
     for index in range(num_samples):
         samples[index] = read_rgb(png_path(folder, index))
-    temp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-    with open(temp, "wb") as file:
-        np.savez(file, arr_0=samples)
-    os.replace(temp, path)
+
+    # The temporary file lies in the PNG folder (same file system), whose stale temporaries the run removes: the
+    # parent folder may hold other runs' temporaries.
+    def write(temp: Path) -> None:
+        with temp.open("wb") as file:  # a file object: np.savez would append ".npz" to a name
+            np.savez(file, arr_0=samples)
+
+    atomic_write(path, write, temp_dir=folder)
     return samples.shape
 
 
@@ -278,7 +272,7 @@ def write_summary(
         "stats_of_rank": setup.rank,
         **asdict(stats),
     }
-    beside(folder, ".json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(beside(folder, ".json"), lambda temp: temp.write_text(json.dumps(summary, indent=2) + "\n"))
     return summary
 
 
@@ -324,7 +318,4 @@ if __name__ == "__main__":
     parser = build_parser()
     arguments = parser.parse_args()
     taylorseer_config = check_args(arguments, parser)
-    try:
-        main(arguments, taylorseer_config)
-    except CheckpointError as err:
-        sys.exit(f"error: {err}")
+    run_cli(main, arguments, taylorseer_config)

@@ -1,7 +1,7 @@
 """Train a class-conditional DiT on the offline digits dataset (pixel space, no VAE).
 
 This is how the bundled model (assets/dit_xs4_digits_ema.safetensors) was made; the exact command is in
-assets/dit_xs4_digits.json. Checkpoints use DiT's train.py layout ({"model", "ema", "opt", "args", "step"}), so
+assets/dit_xs4_digits_ema.json. Checkpoints use DiT's train.py layout ({"model", "ema", "opt", "args", "step"}), so
 ``sample.py --ckpt results/.../last.pt`` samples from the EMA weights, and ``--resume`` continues a stopped run.
 """
 
@@ -13,13 +13,16 @@ import json
 import sys
 import time
 from copy import deepcopy
+from functools import partial
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from common.checkpoint import CheckpointError, read_checkpoint_file
+from common.checkpoint import read_checkpoint_file
+from common.cli import run_cli
+from common.io import atomic_write, remove_stale_temps
 from taylorseer_dit.diffusion import create_diffusion
 from taylorseer_dit.digits import load_digits
 from taylorseer_dit.models import DiT, DiT_models
@@ -68,6 +71,22 @@ def export_ema(ema: DiT, path: Path) -> None:
     save_file({k: v.detach().half().contiguous() for k, v in ema.state_dict().items()}, str(path))
 
 
+LOG_HEADER = "step,loss,seconds\n"
+
+
+def truncate_loss_log(log_path: Path, step: int) -> int:
+    """Keep the rows of ``log_path`` up to ``step`` (the resumed checkpoint's): a run stopped after logging rows past
+    its last checkpoint would log those steps again. Returns the number of rows kept; writes a bare header if the log
+    is missing."""
+    rows = []
+    if log_path.exists():
+        with log_path.open() as f:
+            rows = [row for row in csv.DictReader(f) if int(row["step"]) <= step]
+    lines = "".join(f"{row['step']},{row['loss']},{row['seconds']}\n" for row in rows)
+    atomic_write(log_path, lambda temp: temp.write_text(LOG_HEADER + lines))
+    return len(rows)
+
+
 def plot_loss(log_path: Path, png_path: Path) -> None:
     import matplotlib
 
@@ -90,6 +109,7 @@ def main(args: argparse.Namespace) -> None:
     results = Path(args.results_dir)
     state = read_checkpoint_file(results / "last.pt") if args.resume else None  # fail before writing anything
     results.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(results)  # a checkpoint or log write cut short by a kill
     torch.manual_seed(args.seed)
     images, labels = load_digits(args.image_size)
     model = DiT_models[args.model](
@@ -106,8 +126,9 @@ def main(args: argparse.Namespace) -> None:
         optimizer.load_state_dict(state["opt"])
         torch.set_rng_state(state["rng"])
         start = state["step"]
+        truncate_loss_log(log_path, start)
     else:
-        log_path.write_text("step,loss,seconds\n")
+        log_path.write_text(LOG_HEADER)
     print(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, from step {start}")
 
     model.train()
@@ -133,8 +154,7 @@ def main(args: argparse.Namespace) -> None:
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             checkpoint = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": optimizer.state_dict(),
                           "args": args, "step": step + 1, "rng": torch.get_rng_state()}  # fmt: skip
-            torch.save(checkpoint, results / "last.pt.tmp")
-            (results / "last.pt.tmp").replace(results / "last.pt")  # never leave a half-written checkpoint
+            atomic_write(results / "last.pt", partial(torch.save, checkpoint))  # never a half-written one
     plot_loss(log_path, results / "loss.png")
     if args.export:
         export_ema(ema, Path(args.export))
@@ -145,7 +165,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(build_parser().parse_args())
-    except CheckpointError as err:
-        sys.exit(f"error: {err}")
+    run_cli(main, build_parser().parse_args())

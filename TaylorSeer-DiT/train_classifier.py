@@ -9,6 +9,7 @@ import argparse
 
 from safetensors.torch import save_file
 
+from common.cli import run_cli
 from taylorseer_dit.digits import CLASSIFIER_PATH, train_classifier
 
 
@@ -24,4 +25,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -11,8 +11,8 @@ Image k (k = prompt_index * num_images_per_prompt + j) is drawn from its own see
 on the batch size or the number of processes. Each image is written atomically as {output-dir}/{k:05d}.png as soon
 as its batch is done, and {output-dir}/metadata.jsonl records the settings of every index (prompt, seed, size, steps,
 guidance, TaylorSeer config). Rerunning the same command skips the indices whose PNG exists; a rerun whose settings
-differ from the recorded ones for an existing PNG is refused. Under torchrun the pending indices are split across the
-processes (gloo on CPU, NCCL on CUDA), each writing its own files.
+differ from the recorded ones for an existing PNG, or that finds a PNG with no record, is refused. Under torchrun
+the pending indices are split across the processes (gloo on CPU, NCCL on CUDA), each writing its own files.
 
 Weights: see taylorseer_flux/weights.py (a local black-forest-labs/FLUX.1-dev folder, or FLUX_DEV / FLUX_SCHNELL /
 AE / FLUX_T5 / FLUX_CLIP); nothing is ever downloaded. The TaylorSeer defaults are the paper's FLUX setting
@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,10 +33,18 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
-from common.checkpoint import CheckpointError
-from common.cli import HelpFormatter, UsageError, add_taylorseer_args, taylorseer_config_from_args
+from common.cli import (
+    HelpFormatter,
+    UsageError,
+    add_taylorseer_args,
+    check_output_folder,
+    run_cli,
+    taylorseer_config_from_args,
+)
 from common.distributed import Distributed, setup_distributed
 from common.images import save_grid, to_uint8
+from common.io import atomic_write, remove_stale_temps
+from common.run_records import RECORDS_FILE, append_records, check_consistent, read_records
 from common.taylor_cache import TaylorSeerConfig, full_step_indices
 from taylorseer_flux.flops import flux_flops_report
 from taylorseer_flux.model import FLUX_PRESETS, FluxParams
@@ -48,7 +54,6 @@ from taylorseer_flux.weights import (
     FLUX_MODELS,
     default_ckpt_dir,
     find_flux_weights,
-    load_flux_components,
     transformer_params,
 )
 
@@ -57,17 +62,19 @@ DEFAULT_PROMPT = (
     'a photo of a forest with mist swirling around the tree trunks. The word "FLUX" is painted over it in big, red '
     "brush strokes with visible texture"
 )
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# No float16: FLUX's and T5-XXL's activations overflow its range (diffusers clips them to run fp16 at all).
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 # Sizes the published models were trained around; smaller custom (test) transformers accept down to one patch.
 PUBLISHED_SIZE_RANGE = (256, 2048)
 CUSTOM_SIZE_RANGE = (IMAGE_MULTIPLE, 2048)
-METADATA = "metadata.jsonl"
+METADATA = RECORDS_FILE
+# What TaylorSeer-FLUX/evaluate.py reads from every record.
+REQUIRED_FIELDS = ("index", "file", "prompt", "seed")
 # A contact sheet of the first images, in a sub-folder so that evaluate.py (which pairs the folder's own PNGs) never
 # mistakes it for a sample.
 OVERVIEW = Path("overview") / "grid.png"
 OVERVIEW_IMAGES = 16
 OVERVIEW_THUMBNAIL = 256
-TEMP_SUFFIX = ".tmp"
 # Recorded for information only: moving the weights does not change the images.
 UNCOMPARED_FIELDS = ("index", "file", "weights")
 
@@ -108,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         choices=["auto", *DTYPES],
         default="auto",
-        help="dtype of every component; auto = bfloat16 on CUDA, float32 on CPU",
+        help="dtype of every component; auto = bfloat16 on CUDA, float32 on CPU (no float16: FLUX's and T5-XXL's "
+        "activations overflow it)",
     )
     parser.add_argument(
         "--offload",
@@ -126,8 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_prompts(path: str | Path) -> list[str]:
-    """The non-blank lines of a prompt file, stripped."""
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The non-blank lines of a UTF-8 prompt file, stripped; :class:`UsageError` if it is not UTF-8 text."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"--prompt-file {Path(path).absolute()} is not UTF-8 text ({exc.reason} at byte {exc.start}): "
+            "save it as UTF-8"
+        ) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def nearest_multiples(value: int, multiple: int = IMAGE_MULTIPLE) -> str:
@@ -175,7 +190,10 @@ def _prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[
     path = Path(args.prompt_file)
     if not path.is_file():
         parser.error(f"--prompt-file {path.absolute()} does not exist (or is not a file)")
-    prompts = read_prompts(path)
+    try:
+        prompts = read_prompts(path)
+    except UsageError as err:
+        parser.error(str(err))
     if not prompts:
         parser.error(f"--prompt-file {path.absolute()} holds no prompts: write one prompt per line")
     return prompts
@@ -198,9 +216,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return DTYPES[name]
-
-
-# FLOPs.
 
 
 def print_flops(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
@@ -232,12 +247,6 @@ def print_flops(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
     }
     print(report.json_line(**extra))
     return {**report.as_dict(), **extra}
-
-
-# Distribution of the work.
-
-
-# The images of a run.
 
 
 @dataclass(frozen=True)
@@ -288,82 +297,35 @@ def run_settings(
     }
 
 
-def read_metadata(folder: Path) -> dict[int, dict]:
-    path = folder / METADATA
-    if not path.is_file():
-        return {}
-    records = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    return {record["index"]: record for record in records}
-
-
-def check_consistent(folder: Path, existing: dict[int, dict], planned: dict[int, dict]) -> None:
-    """Refuse to resume into a folder whose existing PNGs were made with other settings than this run's."""
-    conflicts = []
-    for index, record in planned.items():
-        old = existing.get(index)
-        if old is None or not png_path(folder, index).exists():
-            continue
-        differing = sorted(k for k in record if k not in UNCOMPARED_FIELDS and old.get(k) != record[k])
-        if differing:
-            conflicts.append(
-                f"  {png_path(folder, index).name}: "
-                + ", ".join(f"{k} {old.get(k)!r} -> {record[k]!r}" for k in differing)
-            )
-    if conflicts:
-        shown = conflicts[:5] + ([f"  ... and {len(conflicts) - 5} more"] if len(conflicts) > 5 else [])
-        raise UsageError(
-            f"{folder.absolute()} holds images made with other settings than this run's "
-            f"({len(conflicts)} conflicting indices, per {METADATA}):\n" + "\n".join(shown) + "\n"
-            "Use another --output-dir, or delete those PNGs to regenerate them."
-        )
-
-
-def write_atomic(path: Path, write) -> None:
-    """``write(temp_path)`` then rename: a killed run never leaves a partial file under the final name."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-    write(temp)
-    os.replace(temp, path)
-
-
-def write_metadata(folder: Path, records: dict[int, dict]) -> None:
-    lines = "".join(json.dumps(records[index]) + "\n" for index in sorted(records))
-    write_atomic(folder / METADATA, lambda temp: temp.write_text(lines, encoding="utf-8"))
+def read_metadata(folder: Path) -> dict[str, dict]:
+    """File name -> record of ``folder``'s metadata.jsonl; a corrupt line is a :class:`UsageError` naming it."""
+    return read_records(folder / METADATA, REQUIRED_FIELDS)
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
     """(3, H, W) in [-1, 1] -> an RGB PNG, written atomically."""
     array = to_uint8(image[None])[0].permute(1, 2, 0).numpy()
-    write_atomic(path, lambda temp: Image.fromarray(array).save(temp, format="PNG"))
-
-
-def remove_stale_temps(folder: Path) -> None:
-    """Temporary files a killed run left behind (rank 0, before any process writes)."""
-    for temp in folder.glob(f".*{TEMP_SUFFIX}"):
-        temp.unlink(missing_ok=True)
+    atomic_write(path, lambda temp: Image.fromarray(array).save(temp, format="PNG"))
 
 
 @dataclass
 class RankStats:
-    """What one process generated; step counts are those of one sampling trajectory."""
+    """What one process generated."""
 
     written: int = 0
     seconds: float = 0.0
     denoise_seconds: float = 0.0
-    full_steps: int | None = None
-    forecast_steps: int | None = None
     files: list[str] = field(default_factory=list)
 
     def add(self, result: FluxImages, files: list[str]) -> None:
         self.written += len(files)
         self.seconds += result.seconds
         self.denoise_seconds += result.denoise_seconds
-        self.full_steps, self.forecast_steps = result.num_full_steps, result.num_forecast_steps
         self.files += files
 
 
 def generate(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distributed) -> dict:
     """Check everything cheap first (weights present, sizes, output folder), then load and sample this rank's share."""
-    spec = FLUX_MODELS[args.model_name]
     weights = find_flux_weights(args.model_name, args.ckpt_dir)
     params = transformer_params(weights.transformer, args.model_name)
     check_image_size(args.width, args.height, params)
@@ -373,24 +335,32 @@ def generate(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distribu
     settings = run_settings(args, config, params, dtype, setup.device)
     settings["weights"] = {"transformer": str(weights.transformer), "autoencoder": str(weights.autoencoder)}
     jobs = plan_images(args.prompts, args.num_images_per_prompt, args.seed)
-    planned = {job.index: image_record(job, settings) for job in jobs}
+    planned = {png_path(Path(), job.index).name: image_record(job, settings) for job in jobs}
+    check_output_folder(folder, "--output-dir")
     existing = read_metadata(folder)
-    check_consistent(folder, existing, planned)
+    check_consistent(folder, existing, planned, uncompared=UNCOMPARED_FIELDS)
     pending = [job for job in jobs if not png_path(folder, job.index).exists()]
     folder.mkdir(parents=True, exist_ok=True)
     if setup.rank == 0:
         remove_stale_temps(folder)
     setup.barrier()  # every process has listed the existing PNGs before any new one is written
     if setup.rank == 0:
-        write_metadata(folder, {**existing, **planned})
+        append_records(folder / METADATA, existing, planned)
 
     # Global batches of consecutive pending indices, dealt round-robin: the same batches whatever the process count.
     batches = [pending[i : i + args.batch_size] for i in range(0, len(pending), args.batch_size)]
     mine = batches[setup.rank :: setup.world_size]
     stats = RankStats()
     if mine:
-        components = load_flux_components(weights, params, dtype=dtype, max_sequence_length=args.max_sequence_length)
-        pipe = FluxTextToImage(components, shift=spec.shift, device=setup.device, offload=args.offload)
+        pipe = FluxTextToImage.from_weights(
+            weights,
+            params,
+            args.model_name,
+            device=setup.device,
+            dtype=dtype,
+            offload=args.offload,
+            max_sequence_length=args.max_sequence_length,
+        )
         sample_batches(pipe, mine, args, None if config.is_uncached else config, folder, stats, setup.rank == 0)
     setup.barrier()
     all_stats = [stats]
@@ -507,11 +477,7 @@ def cli(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = check_args(args, parser)
-    try:
-        return main(args, config)
-    except (CheckpointError, UsageError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return run_cli(main, args, config)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,15 @@
 Weights are read from --model-base (upstream ckpts/ layout or the diffusers layout of
 hunyuanvideo-community/HunyuanVideo; see weights.py) and never downloaded: a missing component ends the run with one
 message listing each expected path. With --prompt, --num-videos videos use seeds seed, seed+1, ... and are saved as
-{save-path}/seed{seed}_{prompt}.mp4 (overwritten). With --prompt-json (VBench's full-info JSON: a list of objects
+{save-path}/seed{seed}_{prompt}.mp4 (the prompt cut to 100 characters, and to the 255 bytes a file name may have).
+With --prompt-json (VBench's full-info JSON: a list of objects
 with "prompt_en"), prompts index-start (inclusive) to index-end (exclusive) each get --num-videos-per-prompt videos
-with seeds seed .. seed+k-1, saved as {save-path}/{prompt}-{k}.mp4, VBench's naming; videos already there are
-skipped, and every mp4 is written under a temporary name and renamed, so an interrupted run leaves no partial video
-and a rerun resumes. Under torchrun the pending videos are split over the ranks (gloo on CPU, NCCL on GPU).
+with seeds seed .. seed+k-1, saved as {save-path}/{prompt}-{k}.mp4, VBench's naming. {save-path}/metadata.jsonl
+records the settings of every video (common/run_records.py); in both modes a video already there is skipped when it
+was made with this run's settings, and the run is refused when it was made with others or has no record. Every mp4
+is written under a temporary name and renamed, so an interrupted run leaves no partial video and a rerun resumes.
+Under torchrun the pending videos are split over the ranks (gloo on CPU, NCCL on GPU) in contiguous chunks, so that
+the consecutive seeds of one prompt stay on one rank.
 With --ulysses-degree K, groups of K consecutive ranks make each video together (Ulysses sequence parallelism: every
 rank holds 1/K of the video tokens and the TaylorSeer cache of its shard); the groups split the videos.
 
@@ -31,17 +35,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from common.checkpoint import CheckpointError
-from common.cli import HelpFormatter, UsageError, add_taylorseer_args, taylorseer_config_from_args
+from common.cli import (
+    HelpFormatter,
+    UsageError,
+    add_taylorseer_args,
+    check_output_folder,
+    run_cli,
+    taylorseer_config_from_args,
+)
 from common.distributed import Distributed, launched_world_size, setup_distributed
+from common.io import remove_stale_temps
+from common.run_records import RECORDS_FILE, append_records, check_consistent, read_records
 from common.sequence_parallel import SequenceParallel
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
 from common.video_io import video_to_uint8_frames, write_video
@@ -59,6 +70,8 @@ from taylorseer_hunyuanvideo.weights import (
 MAX_FILE_NAME_BYTES = 255
 SINGLE_PROMPT_NAME_CHARS = 100
 """Upstream names single-prompt videos after the first 100 characters of the prompt."""
+# Recorded for information only: where the weights lie does not change the videos.
+UNCOMPARED_FIELDS = ("file", "weights")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,9 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ------------------------------------------------------------------------------------------------------- checks
-
-
 def read_vbench_prompts(path: Path) -> list[str]:
     """The ``prompt_en`` of every entry of a VBench full-info JSON; ValueError naming the problem otherwise."""
     if not path.is_file():
@@ -216,8 +226,12 @@ def vbench_file_name(prompt: str, k: int) -> str:
 
 
 def single_prompt_file_name(prompt: str, seed: int) -> str:
-    """Upstream's name without its time stamp: the seed and the first 100 characters of the prompt."""
-    return f"seed{seed}_{safe_file_stem(prompt.strip()[:SINGLE_PROMPT_NAME_CHARS])}.mp4"
+    """Upstream's name without its time stamp: the seed and the first 100 characters of the prompt, cut further (at
+    a character boundary) to fit the 255 bytes of a file name: 100 non-Latin characters can take 400 bytes."""
+    head, tail = f"seed{seed}_", ".mp4"
+    budget = max(0, MAX_FILE_NAME_BYTES - len(head.encode()) - len(tail))
+    stem = safe_file_stem(prompt.strip()[:SINGLE_PROMPT_NAME_CHARS]).encode()[:budget].decode(errors="ignore")
+    return f"{head}{stem}{tail}"
 
 
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TaylorSeerConfig:
@@ -259,6 +273,9 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Tay
     if args.prompt is not None:
         if not args.prompt.strip():
             parser.error("--prompt is empty")
+        name = single_prompt_file_name(args.prompt, args.seed + args.num_videos - 1)
+        if len(name.encode()) > MAX_FILE_NAME_BYTES:
+            parser.error(f"--seed {args.seed} is too long for a file name ({len(name.encode())} bytes > 255)")
         return config
     args.prompts = _selected_prompts(args, parser)
     return config
@@ -305,9 +322,6 @@ def _selected_prompts(args: argparse.Namespace, parser: argparse.ArgumentParser)
     return selected
 
 
-# -------------------------------------------------------------------------------------------------------- FLOPs
-
-
 def print_flops(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
     """Baseline and TaylorSeer FLOPs of these settings, counted on the meta device; ends with one JSON line."""
     height, width = args.video_size
@@ -330,7 +344,13 @@ def print_flops(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
     return {**report.as_dict(), **extra}
 
 
-# ------------------------------------------------------------------------------------------------- distribution
+def contiguous_share(items: list, parts: int, part: int) -> list:
+    """Part ``part`` of ``items`` cut into ``parts`` contiguous chunks whose sizes differ by at most one (the first
+    ``len(items) % parts`` chunks are one longer), as the reference's launcher splits the prompts: the consecutive
+    seeds of one prompt stay together, so a rank encodes each prompt once."""
+    size, extra = divmod(len(items), parts)
+    start = part * size + min(part, extra)
+    return items[start : start + size + (part < extra)]
 
 
 @dataclass(frozen=True)
@@ -387,9 +407,6 @@ def join_video_ranks(device_arg: str | None, ulysses_degree: int = 1) -> VideoRa
     return VideoRanks(process, ulysses_degree, sequence_parallel)
 
 
-# ------------------------------------------------------------------------------------------------------ sampling
-
-
 @dataclass(frozen=True)
 class VideoJob:
     """One video to make: what, with which seed, and where it goes."""
@@ -439,16 +456,63 @@ def load_pipeline(
     )
 
 
+def run_settings(args: argparse.Namespace, config: TaylorSeerConfig, device: torch.device) -> dict:
+    """What, besides its prompt and seed, determines a video of this run: recorded with every file."""
+    height, width = args.video_size
+    return {
+        "model": args.model,
+        "height": height,
+        "width": width,
+        "video_length": args.video_length,
+        "infer_steps": args.infer_steps,
+        "flow_shift": args.flow_shift,
+        "flow_reverse": args.flow_reverse,
+        "embedded_cfg_scale": args.embedded_cfg_scale,
+        "cfg_scale": args.cfg_scale,
+        "neg_prompt": args.neg_prompt,
+        "precision": str(_dtype(args.precision, "bf16", device)).removeprefix("torch."),
+        "text_encoder_precision": str(_dtype(args.text_encoder_precision, "fp16", device)).removeprefix("torch."),
+        "vae_precision": str(_dtype(args.vae_precision, "fp16", device)).removeprefix("torch."),
+        "text_len": args.text_len,
+        "hidden_state_skip_layer": args.hidden_state_skip_layer,
+        "apply_final_norm": args.apply_final_norm,
+        "load_key": args.load_key,
+        "vae_tiling": args.vae_tiling,
+        "fps": args.fps,
+        "lossless": args.lossless,
+        # The noise generator lives on the device, so CPU and CUDA runs draw different noise from the same seed.
+        "noise_device": device.type,
+        "taylorseer": None if config.is_uncached else {**asdict(config), "factor_dtype": args.factor_dtype},
+        "weights": {
+            "model_base": str(args.model_base),
+            "dit_weight": None if args.dit_weight is None else str(args.dit_weight),
+        },
+    }
+
+
+def video_record(job: VideoJob, settings: dict) -> dict:
+    return {"file": job.path.name, "prompt": job.prompt, "seed": job.seed, **settings}
+
+
 def run(args: argparse.Namespace, config: TaylorSeerConfig, ranks: VideoRanks) -> dict:
     """Make this rank's share of the pending videos; returns what it did."""
-    pipe = load_pipeline(args, ranks.process.device, ranks.sequence_parallel)
     vbench = args.prompt is None
     jobs = video_jobs(args)
-    # In VBench mode existing videos are done. Every rank lists what is pending before any rank writes (barrier),
-    # so all ranks see the same list and split it the same way.
-    pending = [job for job in jobs if not (vbench and job.path.exists())]
+    settings = run_settings(args, config, ranks.process.device)
+    planned = {job.path.name: video_record(job, settings) for job in jobs}
+    existing = read_records(args.save_path / RECORDS_FILE, ("file", "prompt", "seed"))
+    check_consistent(args.save_path, existing, planned, uncompared=UNCOMPARED_FIELDS, output_flag="--save-path")
+    # Existing videos (made with these settings, as checked) are done. Every rank lists what is pending before any
+    # rank writes (barrier), so all ranks see the same list and split it the same way.
+    pending = [job for job in jobs if not job.path.exists()]
+    pipe = load_pipeline(args, ranks.process.device, ranks.sequence_parallel) if pending else None
+    if ranks.rank == 0:
+        args.save_path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(args.save_path)
     ranks.process.barrier()
-    mine = pending[ranks.group_index :: ranks.num_groups]
+    if ranks.rank == 0:
+        append_records(args.save_path / RECORDS_FILE, existing, planned)
+    mine = contiguous_share(pending, ranks.num_groups, ranks.group_index)
     cache = None if config.is_uncached else TaylorCache(config)  # reset by the pipeline for every video
     height, width = args.video_size
     written, seconds = [], []
@@ -504,6 +568,7 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
     if args.test_FLOPs:
         return print_flops(args, config)
     check_model_files(find_model_files(args.model_base, args.dit_weight))  # before anything starts: fail fast
+    check_output_folder(args.save_path, "--save-path")
     _quiet_loading_bars()
     ranks = join_video_ranks(args.device, args.ulysses_degree)
     try:
@@ -524,9 +589,4 @@ def _quiet_loading_bars() -> None:
 if __name__ == "__main__":
     parser = build_parser()
     arguments = parser.parse_args()
-    taylorseer_config = check_args(arguments, parser)
-    try:
-        main(arguments, taylorseer_config)
-    except (CheckpointError, UsageError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main, arguments, check_args(arguments, parser))

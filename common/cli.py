@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
+from .checkpoint import CheckpointError
 from .taylor_cache import TaylorSeerConfig
+
+T = TypeVar("T")
 
 __all__ = [
     "add_taylorseer_args",
@@ -18,6 +23,8 @@ __all__ = [
     "UsageError",
     "warn",
     "existing_dir",
+    "check_output_folder",
+    "run_cli",
 ]
 
 _DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -42,11 +49,39 @@ def warn(message: str) -> None:
     print(f"warning: {' '.join(message.split())}", file=sys.stderr)
 
 
+def run_cli(main_fn: Callable[..., T], *args, catch: tuple[type[Exception], ...] = ()) -> T:
+    """``main_fn(*args)``; a :class:`CheckpointError` or :class:`UsageError` (a missing file, an unusable setting),
+    or one of the exception types in ``catch``, ends the process with one ``error:`` line on stderr and exit code 2,
+    the code argparse uses, instead of a traceback."""
+    try:
+        return main_fn(*args)
+    except (CheckpointError, UsageError, *catch) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def existing_dir(path: str | Path, what: str) -> Path:
     """``path`` as a folder that exists, or a :class:`UsageError` naming it."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise UsageError(f"{what} folder not found: {folder.absolute()}")
+    return folder
+
+
+def check_output_folder(path: str | Path, flag: str) -> Path:
+    """``path`` as a folder that exists or can be created (nothing on the way is a file), else a :class:`UsageError`
+    naming ``flag``; creates nothing."""
+    folder = Path(path).expanduser()
+    for ancestor in (folder, *folder.absolute().parents):
+        if not ancestor.exists():
+            continue
+        if ancestor == folder and not folder.is_dir():
+            raise UsageError(f"{flag} {folder.absolute()} exists and is not a folder: choose another {flag}")
+        if not ancestor.is_dir():
+            raise UsageError(
+                f"{flag} {folder.absolute()} cannot be created: {ancestor} is a file; choose another {flag}"
+            )
+        break
     return folder
 
 

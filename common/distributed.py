@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["BARRIER_TIMEOUT", "Distributed", "launched_world_size", "setup_distributed"]
+__all__ = ["BARRIER_TIMEOUT", "Distributed", "launched_world_size", "resolve_device", "setup_distributed"]
 
 BARRIER_TIMEOUT = datetime.timedelta(hours=24)
 """Ranks wait at the final barrier for the slowest one, which may have hours of work left."""
@@ -51,14 +51,24 @@ def _launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def resolve_device(device_arg: str | None, local_rank: int | None, cuda_available: bool) -> torch.device:
+    """The device of one process. ``local_rank`` is torchrun's LOCAL_RANK, None outside torchrun. None picks
+    cuda:LOCAL_RANK (cuda:0 alone) when CUDA is available, else the CPU; an index-less "cuda" under torchrun also
+    means cuda:LOCAL_RANK, since otherwise every rank of the node would share cuda:0."""
+    if device_arg is None:
+        return torch.device(f"cuda:{local_rank or 0}" if cuda_available else "cpu")
+    device = torch.device(device_arg)
+    if device.type == "cuda" and device.index is None and local_rank is not None:
+        return torch.device("cuda", local_rank)
+    return device
+
+
 def setup_distributed(device_arg: str | None) -> Distributed:
     """Join torchrun's process group (NCCL on CUDA, gloo on CPU); without torchrun's variables, one plain process.
-    ``device_arg`` None picks cuda:LOCAL_RANK when CUDA is available, else the CPU."""
+    The device is :func:`resolve_device`'s: cuda:LOCAL_RANK for None (with CUDA) or "cuda" under torchrun."""
     launched = _launched()
-    local_rank = int(os.environ.get("LOCAL_RANK", 0)) if launched else 0
-    if device_arg is None:
-        device_arg = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_arg)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0)) if launched else None
+    device = resolve_device(device_arg, local_rank, torch.cuda.is_available())
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # NCCL's collectives run on the current device
     if not launched:

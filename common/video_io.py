@@ -6,12 +6,13 @@ interrupted job never leaves a truncated video that a resumed run would mistake 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
 import torch
+
+from .io import atomic_write
 
 __all__ = ["video_to_uint8_frames", "write_video", "read_video"]
 
@@ -33,20 +34,19 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 24, quality: fl
         raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {frames.dtype} {frames.shape}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     if quality is None:
         options = {"codec": "libx264", "quality": None, "ffmpeg_params": ["-crf", "0"], "pixelformat": "yuv444p"}
     else:
         options = {"codec": "libx264", "quality": quality, "pixelformat": "yuv420p"}
-    # yuv420p needs even sizes; ffmpeg's block size of 16 is not required, so keep imageio from resizing.
-    try:
-        with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, macro_block_size=1, **options) as writer:
+
+    def write(temp: Path) -> None:
+        # yuv420p needs even sizes; ffmpeg's block size of 16 is not required, so keep imageio from resizing.
+        with imageio.get_writer(temp, format="FFMPEG", mode="I", fps=fps, macro_block_size=1, **options) as writer:
             for frame in frames:
                 writer.append_data(frame)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+
+    # A short temporary name, so any final name the file system takes can be written; ".mp4" is ffmpeg's container.
+    atomic_write(path, write, suffix=path.suffix or ".mp4")
     return path
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from common.distributed import launched_world_size, setup_distributed
+from common.distributed import launched_world_size, resolve_device, setup_distributed
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -27,3 +27,19 @@ def test_world_size_is_read_from_torchrun_before_joining(no_torchrun, monkeypatc
     assert launched_world_size() == 1  # WORLD_SIZE alone is not a torchrun launch
     monkeypatch.setenv("RANK", "3")
     assert launched_world_size() == 8
+
+
+@pytest.mark.parametrize(
+    ("device_arg", "local_rank", "cuda_available", "expected"),
+    [
+        ("cuda", 3, True, "cuda:3"),  # index-less cuda under torchrun: this rank's GPU, not cuda:0 for all
+        ("cuda", None, True, "cuda"),  # alone: the current device, as given
+        ("cuda:1", 3, True, "cuda:1"),  # an explicit index is kept
+        ("cpu", 3, True, "cpu"),
+        (None, 2, True, "cuda:2"),
+        (None, None, True, "cuda:0"),
+        (None, 2, False, "cpu"),
+    ],
+)
+def test_resolve_device(device_arg, local_rank, cuda_available, expected):
+    assert resolve_device(device_arg, local_rank, cuda_available) == torch.device(expected)

@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 import torch
 from dit_testing import randomised
 
+from common.cli import UsageError
 from common.flops import FlopsReport
 from common.taylor_cache import TaylorSeerConfig
 from taylorseer_dit import benchmark_quality
@@ -12,7 +14,7 @@ from taylorseer_dit.flops import reference_step_flops
 from taylorseer_dit.models import DiT_models
 
 
-def run(tmp_path, monkeypatch, orders: list[str]) -> tuple[dict, list[str]]:
+def run(tmp_path, monkeypatch, orders: list[str], *extra: str) -> tuple[dict, list[str]]:
     ckpt = tmp_path / "xs.pt"
     if not ckpt.exists():
         model = DiT_models["DiT-XS/4"](input_size=16, in_channels=1, num_classes=10)
@@ -27,7 +29,8 @@ def run(tmp_path, monkeypatch, orders: list[str]) -> tuple[dict, list[str]]:
     monkeypatch.setattr(benchmark_quality, "sample_set", counting_sample_set)
     args = benchmark_quality.build_parser().parse_args(
         ["--ckpt", str(ckpt), "--intervals", "3", "--orders", *orders, "--num-samples", "12", "--spread-seeds", "2",
-         "--num-sampling-steps", "7", "--batch-size", "6", "--results-dir", str(tmp_path / "out"), "--device", "cpu"]
+         "--num-sampling-steps", "7", "--batch-size", "6", "--results-dir", str(tmp_path / "out"), "--device", "cpu",
+         *extra]
     )  # fmt: skip
     return benchmark_quality.run(args), sampled
 
@@ -56,6 +59,40 @@ def test_benchmark_writes_tables_and_resumes_by_cell(tmp_path, monkeypatch):
     assert (out / "quality_vs_speedup.png").stat().st_size > 10_000
 
 
+def test_cells_of_other_settings_are_not_reused_and_a_cut_line_is_skipped(tmp_path, monkeypatch, capsys):
+    run(tmp_path, monkeypatch, ["0"])
+    cells_path = tmp_path / "out" / "cells.jsonl"
+    first = [json.loads(line) for line in cells_path.read_text().splitlines()]
+    assert [c["key"] for c in first] == ["full-seed0", "full-seed1", "N3-O0"]
+    settings = {"ckpt": str(tmp_path / "xs.pt"), "first_enhance": 2, "num_samples": 12, "num_sampling_steps": 7,
+                "cfg_scale": benchmark_quality.BUNDLED_CFG_SCALE, "batch_size": 6, "device": "cpu"}  # fmt: skip
+    assert all(cell["settings"] == settings for cell in first)
+    capsys.readouterr()
+
+    # --first-enhance 1: full steps 0, 3, 6 (not 0, 1, 4); the E=2 cell must not be reused under the new setting.
+    summary, sampled = run(tmp_path, monkeypatch, ["0"], "--first-enhance", "1")
+    assert sampled == ["N1-O1-seed0", "N1-O1-seed1", "N3-O0-seed0"]
+    assert summary["cells"][0]["full_steps"] == 3 and "settings" not in summary["cells"][0]
+    assert "3 cells were recorded with other settings than" in capsys.readouterr().err
+
+    # Killed during an append: the cut last line is skipped with a warning, the complete cells are reused.
+    complete = cells_path.read_text()
+    cells_path.write_text(complete + '{"key": "N3-O2", "interval": 3, "ord')
+    _, sampled = run(tmp_path, monkeypatch, ["0"], "--first-enhance", "1")
+    assert sampled == []
+    err = capsys.readouterr().err
+    assert "line 7: skipped a cell cut short" in err and err.count("warning:") == 2
+
+
+def test_a_corrupt_line_before_the_last_is_an_error(tmp_path):
+    path = tmp_path / "cells.jsonl"
+    path.write_text('{"key": "N3-O0"\n\n{"key": "N3-O1", "settings": {}}\n')
+    with pytest.raises(UsageError, match=r"cells.jsonl, line 1: not a JSON cell"):
+        benchmark_quality.load_cells(path, {})
+    path.write_text('\n{"key": "N3-O1", "settings": {}}\n\n')
+    assert list(benchmark_quality.load_cells(path, {})) == ["N3-O1"]  # blank lines, even the last, are skipped
+
+
 def test_missing_weights_are_one_readable_error(tmp_path):
     import subprocess
     import sys
@@ -64,4 +101,4 @@ def test_missing_weights_are_one_readable_error(tmp_path):
     script = Path(__file__).resolve().parents[1] / "TaylorSeer-DiT" / "benchmark_quality.py"
     result = subprocess.run([sys.executable, str(script), "--ckpt", str(tmp_path / "none.pt")], capture_output=True,
                             text=True, cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 1 and "none.pt" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "none.pt" in result.stderr and "Traceback" not in result.stderr

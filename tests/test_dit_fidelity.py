@@ -17,6 +17,7 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from common import report
 from common.checkpoint import CheckpointError
 from taylorseer_dit import fidelity
 from taylorseer_dit.fidelity import (
@@ -248,10 +249,33 @@ def test_cli_writes_json_and_prints_a_table(digits, tmp_path):
     assert ALL_KEYS <= set(record) and record["num_samples"] == 24 and record["num_reference"] == len(digits)
     assert json.loads((tmp_path / "samples-metrics.json").read_text()) == record
     assert "| metric | value |" in result.stdout and "| fid |" in result.stdout
+    # The table is also saved beside the JSON, by the shared report writer.
+    table = (tmp_path / "samples-metrics.md").read_text().splitlines()
+    assert table[:2] == ["| metric | value |", "| --- | ---: |"] and table[2] == f"| fid | {record['fid']:.6g} |"
+    assert len(table) == 2 + len(ALL_KEYS) and "\n".join(table) in result.stdout
 
 
-def test_cli_empty_folder_is_one_readable_error(tmp_path, monkeypatch):
-    # In-process (run as __main__) to save a second interpreter start: the message is what sys.exit prints.
+def test_dit_uses_the_shared_light_report_helpers():
+    """One copy of the device check and the report writer (common/report.py), and DiT's evaluation does not pull in
+    torchmetrics for them."""
+    from taylorseer_dit import evaluate
+
+    assert fidelity.resolve_device is report.resolve_device
+    assert evaluate.save_report is report.save_report and evaluate.markdown_table is report.markdown_table
+    code = "import sys, taylorseer_dit.evaluate; sys.exit('torchmetrics' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True).returncode == 0
+
+
+def test_cuda_without_a_gpu_is_a_value_error(digits, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda:1' was asked for, but torch sees no CUDA GPU"):
+        compute_metrics(digits[:8], digits[8:16], metrics=["fid"], device="cuda:1")
+    with pytest.raises(ValueError, match="CPU or a CUDA GPU, not on 'meta'"):
+        compute_metrics(digits[:8], digits[8:16], metrics=["fid"], device="meta")
+
+
+def test_cli_empty_folder_is_one_readable_error(tmp_path, monkeypatch, capsys):
+    # In-process (run as __main__) to save a second interpreter start: one error line on stderr, exit code 2.
     (tmp_path / "empty").mkdir()
     argv = [
         "evaluate.py",
@@ -265,8 +289,9 @@ def test_cli_empty_folder_is_one_readable_error(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as info:
         runpy.run_path(str(SCRIPT), run_name="__main__")
-    assert info.value.code == f"error: no PNG/JPG/JPEG images in folder {tmp_path / 'empty'}"
-    assert not list(tmp_path.glob("*.json"))
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f"error: no PNG/JPG/JPEG images in folder {tmp_path / 'empty'}\n"
+    assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob("*.md"))
 
 
 def test_default_output_is_next_to_the_samples(tmp_path):

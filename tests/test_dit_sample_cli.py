@@ -176,7 +176,7 @@ def test_missing_checkpoint_is_one_readable_message(tmp_path):
         [sys.executable, str(SCRIPT), "--model", "DiT-XL/2", "--ddim-sample", "--num-sampling-steps", "5"],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -202,7 +202,7 @@ def test_killed_run_restarts_to_the_images_of_an_uninterrupted_run(checkpoint, t
     for name, image in survivors.items():  # every PNG on disk is complete and final
         np.testing.assert_array_equal(image, expected[name], err_msg=name)
 
-    (folder / ".000039.png.12345.tmp").write_bytes(b"half a PNG")  # what a kill during a write leaves behind
+    (folder / ".tmp-12345-0.tmp").write_bytes(b"half a PNG")  # what a kill during a write leaves behind
     summary = run_in_process(killed)
     assert summary["samples_written"] == 40 - len(survivors)
     assert_same_images(read_pngs(folder), expected)
@@ -254,6 +254,14 @@ def test_defaults_follow_the_model_and_name_the_folder(tmp_path):
     assert (
         folder_name(args, check_args(args, parser)) == "DiT-XL-2-mine-size-256-vae-mse-cfg-1.5-seed-0-ddpm250-N5-O4-E2"
     )
+    # Runs that differ only in --derivative-start-step make other images: other folders.
+    args = parser.parse_args(["--derivative-start-step", "2"])
+    assert (
+        folder_name(args, check_args(args, parser))
+        == "DiT-XS-4-bundled-size-16-vae-none-cfg-1.5-seed-0-ddim50-N4-O4-E2-D2"
+    )
+    args = parser.parse_args(["--derivative-start-step", "1", "--factor-dtype", "float32"])
+    assert folder_name(args, check_args(args, parser)).endswith("-E2-D1-Ffloat32")
 
 
 @pytest.mark.parametrize(
@@ -282,7 +290,7 @@ def test_invalid_flags_exit_with_the_reason(arguments, message, capsys):
 def test_missing_checkpoint_is_one_readable_message(tmp_path):
     arguments = argv(tmp_path / "missing.pt", tmp_path / "out")
     result = subprocess.run([sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True, env=ENV)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "missing.pt" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()  # nothing is written before the weights are found

@@ -51,6 +51,35 @@ def test_resumed_training_equals_an_uninterrupted_run(tmp_path):
     assert (tmp_path / "straight" / "loss.png").exists()
 
 
+def test_resume_drops_the_log_rows_after_the_checkpoint(tmp_path):
+    """A run stopped after logging step 300 but before its checkpoint at 400 resumes from 200: the log keeps rows up
+    to 200 and the resumed run logs 300 once."""
+    results = tmp_path / "run"
+    train.main(train_args(results, "--steps", "200", "--ckpt-every", "100"))
+    log = results / "loss.csv"
+    log.write_text(log.read_text() + "300,9.999999,1.0\n")  # logged by the stopped run after its last checkpoint
+    (results / ".tmp-4242-0.tmp").write_bytes(b"half a checkpoint")  # its checkpoint write was cut short
+    train.main(train_args(results, "--steps", "300", "--ckpt-every", "100", "--resume"))
+    lines = log.read_text().splitlines()
+    assert lines[0] == "step,loss,seconds" and [line.split(",")[0] for line in lines[1:]] == ["100", "200", "300"]
+    assert lines[3].split(",")[1] != "9.999999"
+    assert not [p.name for p in results.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_truncate_loss_log_keeps_rows_up_to_the_step(tmp_path):
+    log = tmp_path / "loss.csv"
+    log.write_text("step,loss,seconds\n100,0.5,1.0\n200,0.4,2.0\n300,0.3,3.0\n")
+    assert train.truncate_loss_log(log, 200) == 2
+    assert log.read_text() == "step,loss,seconds\n100,0.5,1.0\n200,0.4,2.0\n"
+    assert train.truncate_loss_log(tmp_path / "missing.csv", 100) == 0
+    assert (tmp_path / "missing.csv").read_text() == "step,loss,seconds\n"
+
+
+def test_docstring_names_the_shipped_command_file():
+    assert "assets/dit_xs4_digits_ema.json" in train.__doc__
+    assert (train.Path(train.__file__).parent / "assets" / "dit_xs4_digits_ema.json").is_file()
+
+
 def test_ema_decay_warms_up_to_its_target():
     assert [train.ema_decay(s, 0.9995) for s in (0, 8, 90)] == [0.1, 0.5, 0.91]
     assert train.ema_decay(100_000, 0.9995) == 0.9995

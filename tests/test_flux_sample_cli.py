@@ -128,7 +128,7 @@ def test_rerun_generates_only_the_missing_pngs(first_run, checkpoint, prompt_fil
     folder = tmp_path / "out"
     shutil.copytree(original, folder)
     (folder / "00002.png").unlink()
-    (folder / ".00001.png.4242.tmp").write_bytes(b"half a PNG")  # what a killed run leaves behind
+    (folder / ".tmp-4242-0.tmp").write_bytes(b"half a PNG")  # what a killed run leaves behind
     before = {path.name: path.stat() for path in folder.glob("*.png")}
 
     summary = cli(argv(checkpoint, folder, "--prompt-file", str(prompt_file), "--num-images-per-prompt", "2",
@@ -139,7 +139,7 @@ def test_rerun_generates_only_the_missing_pngs(first_run, checkpoint, prompt_fil
         after = (folder / name).stat()
         assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), f"{name} was rewritten"
     np.testing.assert_array_equal(read_pngs(folder)["00002.png"], read_pngs(original)["00002.png"])
-    assert not list(folder.glob(".*.tmp"))
+    assert not list(folder.glob(".tmp-*"))
     assert len((folder / METADATA).read_text().splitlines()) == 4
 
 
@@ -249,3 +249,76 @@ def test_bad_input_is_one_clear_message_and_exit_code_2(extra, message, checkpoi
     err = capsys.readouterr().err
     assert message in err and err.count("error:") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_existing_png_without_a_record_is_a_conflict(first_run, checkpoint, tmp_path, capsys) -> None:
+    """A PNG whose settings are unknown is not adopted as this run's: the run is refused, naming the file."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(first_run[0] / "00000.png", folder / "00000.png")
+    with pytest.raises(SystemExit) as exit_info:
+        cli(argv(checkpoint, folder, "--prompt", "a cat"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1
+    assert "00000.png: exists but has no record in metadata.jsonl" in err
+    assert "Use another --output-dir, or delete those files to regenerate them." in err
+    assert not (folder / METADATA).exists()  # nothing recorded for the refused run
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"index": 0, "file": "00000.png"\n', "metadata.jsonl, line 1: not a JSON record"),
+        ('{"index": 0, "file": "00000.png", "prompt": "a", "seed": 0}\n{"file": "00001.png", "prompt": "a", '
+         '"seed": 1}\n', "metadata.jsonl, line 2: record without 'index'; fix or delete that line"),
+        ("[1, 2]\n", "metadata.jsonl, line 1: expected a JSON object, got list"),
+    ],
+)  # fmt: skip
+def test_corrupt_metadata_is_one_error_line(content, message, checkpoint, tmp_path, capsys) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / METADATA).write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        cli(argv(checkpoint, folder, "--prompt", "a cat"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("error:") == 1 and message in err
+    assert sorted(p.name for p in folder.iterdir()) == [METADATA]
+
+
+def test_output_dir_naming_a_file_is_one_error_line(checkpoint, tmp_path) -> None:
+    (tmp_path / "out").write_text("not a folder")
+    result = subprocess.run([sys.executable, str(SCRIPT), *argv(checkpoint, tmp_path / "out", "--prompt", "a cat")],
+                            capture_output=True, text=True, env=ENV, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    expected = f"--output-dir {tmp_path / 'out'} exists and is not a folder: choose another --output-dir"
+    assert result.stderr == f"error: {expected}\n"
+
+
+def test_output_dir_under_a_file_is_one_error_line(checkpoint, tmp_path, capsys) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        cli(argv(checkpoint, tmp_path / "file" / "out", "--prompt", "a cat"))
+    assert exit_info.value.code == 2
+    expected = f"--output-dir {tmp_path / 'file' / 'out'} cannot be created: {tmp_path / 'file'} is a file"
+    assert capsys.readouterr().err == f"error: {expected}; choose another --output-dir\n"
+
+
+def test_non_utf8_prompt_file_is_one_error_line(checkpoint, tmp_path, capsys) -> None:
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli(argv(checkpoint, tmp_path / "out", "--prompt-file", str(tmp_path / "latin1.txt")))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1
+    assert f"--prompt-file {tmp_path / 'latin1.txt'} is not UTF-8 text (invalid continuation byte at byte 3)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_float16_is_not_offered(checkpoint, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli(argv(checkpoint, tmp_path / "out", "--dtype", "float16"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --dtype: invalid choice: 'float16' (choose from 'auto', 'bfloat16', 'float32')" in err

@@ -15,7 +15,14 @@ from hunyuanvideo_testing import TINY_MODEL, TINY_TEXT_LEN, write_official_check
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
 from common.video_io import read_video, video_to_uint8_frames, write_video
 from taylorseer_hunyuanvideo.pipeline import HunyuanVideoPipeline
-from taylorseer_hunyuanvideo.sample_video import UsageError, build_parser, check_args, main
+from taylorseer_hunyuanvideo.sample_video import (
+    UsageError,
+    build_parser,
+    check_args,
+    contiguous_share,
+    main,
+    single_prompt_file_name,
+)
 from taylorseer_hunyuanvideo.weights import find_model_files, load_components
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +142,14 @@ def test_prompt_run_writes_taylorseer_mp4s_with_consecutive_seeds(ckpts, pipe, t
     taylorseer, full = expected_frames(pipe, PROMPTS[0], 42), expected_frames(pipe, PROMPTS[0], 42, interval=1)
     assert 0 < np.abs(taylorseer.astype(float) - full).mean() < 2.0
 
+    # A rerun skips the videos made with its settings (no silent overwrite), and refuses other settings.
+    mtimes = [Path(path).stat().st_mtime_ns for path in summary["videos"]]
+    again = run_main(tiny_argv(ckpts, tmp_path, "--prompt", PROMPTS[0], "--num-videos", "2"))
+    assert (again["videos"], again["skipped"], again["total"]) == ([], 2, 2)
+    assert [Path(path).stat().st_mtime_ns for path in summary["videos"]] == mtimes
+    with pytest.raises(UsageError, match=r"(?s)2 conflicting files.*seed42_a cat sitting on a table\.mp4: taylorseer"):
+        run_main(tiny_argv(ckpts, tmp_path, "--prompt", PROMPTS[0], "--num-videos", "2", "--interval", "1"))
+
 
 # --------------------------------------------------------------------------------------------------------- VBench
 
@@ -147,7 +162,14 @@ def test_vbench_mode_names_seeds_range_and_resume(ckpts, pipe, prompt_json, tmp_
     expected = [f"{PROMPTS[1].replace('/', '_')}-0.mp4", f"{PROMPTS[1].replace('/', '_')}-1.mp4",
                 f"{PROMPTS[2]}-0.mp4", f"{PROMPTS[2]}-1.mp4"]  # fmt: skip
     assert [Path(p).name for p in first["videos"]] == expected
-    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == sorted(expected)  # no temporary file left
+    # No temporary file left; one settings record per video.
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == sorted([*expected, "metadata.jsonl"])
+    records = [json.loads(line) for line in (tmp_path / "videos" / "metadata.jsonl").read_text().splitlines()]
+    assert [(r["file"], r["prompt"], r["seed"]) for r in records] == [
+        (expected[0], PROMPTS[1], 42), (expected[1], PROMPTS[1], 43), (expected[2], PROMPTS[2], 42),
+        (expected[3], PROMPTS[2], 43)]  # fmt: skip
+    assert (records[0]["infer_steps"], records[0]["video_length"], records[0]["flow_reverse"]) == (6, 5, True)
+    assert records[0]["taylorseer"]["interval"] == 5 and records[0]["precision"] == "float32"
     for k in (0, 1):
         assert_mp4_holds(tmp_path / "videos" / expected[2 + k], expected_frames(pipe, PROMPTS[2], 42 + k), tmp_path)
 
@@ -156,12 +178,24 @@ def test_vbench_mode_names_seeds_range_and_resume(ckpts, pipe, prompt_json, tmp_
     assert (again["videos"], again["skipped"], again["total"]) == ([], 4, 4)
     frames = read_video(tmp_path / "videos" / expected[1])
     (tmp_path / "videos" / expected[1]).unlink()
-    (tmp_path / "videos" / f".{Path(expected[0]).stem}.partial.mp4").write_bytes(b"half a video")  # ignored
+    (tmp_path / "videos" / ".tmp-4242-0.mp4").write_bytes(b"half a video")  # a killed run's: removed
     resumed = run_main(argv)
     assert [Path(p).name for p in resumed["videos"]] == [expected[1]] and resumed["skipped"] == 3
     np.testing.assert_array_equal(read_video(tmp_path / "videos" / expected[1]), frames)
     for name in (expected[0], *expected[2:]):
         assert (tmp_path / "videos" / name).stat().st_mtime_ns == before[name], f"{name} was rewritten"
+    assert not (tmp_path / "videos" / ".tmp-4242-0.mp4").exists()
+    assert len((tmp_path / "videos" / "metadata.jsonl").read_text().splitlines()) == 4  # nothing changed
+
+    # Other settings for existing videos: refused, naming the difference, before any model is loaded.
+    with pytest.raises(UsageError, match=r"(?s)other settings.*infer_steps 6 -> 7.*another --save-path"):
+        run_main([*argv, "--infer-steps", "7"])
+    # A video with no record (made by something else): refused too, not adopted.
+    (tmp_path / "videos" / expected[1]).rename(tmp_path / "videos" / f"{PROMPTS[3]}-0.mp4")
+    argv_all = tiny_argv(ckpts, tmp_path / "videos", "--prompt-json", str(prompt_json), "--index-start", "3",
+                         "--num-videos-per-prompt", "1")  # fmt: skip
+    with pytest.raises(UsageError, match=f"{PROMPTS[3]}-0.mp4: exists but has no record in metadata.jsonl"):
+        run_main(argv_all)
 
 
 def test_torchrun_two_processes_write_the_videos_of_one(ckpts, prompt_json, tmp_path):
@@ -174,9 +208,16 @@ def test_torchrun_two_processes_write_the_videos_of_one(ckpts, prompt_json, tmp_
     written = {int(rank): int(count) for rank, count in re.findall(r"rank (\d)/2: wrote (\d+) videos", result.stdout)}
     assert written == {0: 2, 1: 2}
     names = sorted(Path(p).name for p in one["videos"])
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == names
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted([*names, "metadata.jsonl"])
     for name in names:
         np.testing.assert_array_equal(read_video(tmp_path / "two" / name), read_video(tmp_path / "one" / name), name)
+    # Contiguous chunks: rank 0 made both videos of prompt 0, rank 1 both of prompt 1.
+    summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"rank"')]
+    videos = {summary["rank"]: [Path(p).name for p in summary["videos"]] for summary in summaries}
+    assert videos == {
+        0: [f"{PROMPTS[0]}-0.mp4", f"{PROMPTS[0]}-1.mp4"],
+        1: [f"{PROMPTS[1].replace('/', '_')}-0.mp4", f"{PROMPTS[1].replace('/', '_')}-1.mp4"],
+    }
 
 
 def test_ulysses_two_ranks_make_the_video_of_one_process(ckpts, tmp_path):
@@ -191,7 +232,7 @@ def test_ulysses_two_ranks_make_the_video_of_one_process(ckpts, tmp_path):
     written = {int(rank): int(count) for rank, count in re.findall(r"rank (\d)/2: wrote (\d+) videos", result.stdout)}
     assert written == {0: 2, 1: 0}
     names = sorted(Path(p).name for p in one["videos"])
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == names
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted([*names, "metadata.jsonl"])
     for name in names:
         single, parallel = (read_video(tmp_path / run / name).astype(int) for run in ("one", "two"))
         # Near-lossless mp4s of float-rounding-equal videos: at most one level of YUV rounding apart.
@@ -265,6 +306,41 @@ def test_bad_prompt_files_exit_with_the_reason(tmp_path, content, extra, message
         check_args(parser.parse_args(["--prompt-json", str(path), *extra]), parser)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_contiguous_share_keeps_neighbours_together():
+    items = list(range(7))
+    assert [contiguous_share(items, 3, part) for part in range(3)] == [[0, 1, 2], [3, 4], [5, 6]]
+    assert [contiguous_share(items[:2], 4, part) for part in range(4)] == [[0], [1], [], []]
+    assert contiguous_share(items, 1, 0) == items
+
+
+def test_single_prompt_file_names_fit_255_bytes():
+    chinese = "一只猫在草地上走" * 20  # 160 characters of 3 bytes
+    name = single_prompt_file_name(chinese, 42)
+    assert name == "seed42_" + chinese[:81] + ".mp4" and len(name.encode()) == 254  # 7 + 243 + 4, whole characters
+    assert single_prompt_file_name("a/b " * 40, 7) == "seed7_" + "a_b " * 25 + ".mp4"  # 100 characters, as upstream
+
+
+def test_save_path_naming_a_file_is_one_error_line(ckpts, tmp_path):
+    (tmp_path / "out").write_text("not a folder")
+    argv = tiny_argv(ckpts, tmp_path / "out", "--prompt", "a cat")
+    result = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, env=ENV)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    expected = f"--save-path {tmp_path / 'out'} exists and is not a folder: choose another --save-path"
+    assert result.stderr == f"error: {expected}\n"
+
+
+def test_corrupt_records_are_one_error_line(ckpts, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "metadata.jsonl").write_text('{"file": "a.mp4", "prompt": "a", "seed": 1}\n{"file": "b.mp4"}\n')
+    argv = tiny_argv(ckpts, tmp_path / "out", "--prompt", "a cat")
+    result = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, env=ENV)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == (
+        f"error: {tmp_path / 'out' / 'metadata.jsonl'}, line 2: record without 'prompt', 'seed'; fix or delete that "
+        "line\n"
+    )
 
 
 def test_missing_weights_are_one_message_listing_each_component(tmp_path):

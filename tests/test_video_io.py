@@ -61,6 +61,17 @@ def test_interrupted_write_leaves_no_file_under_the_target_name(tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
 
 
+def test_a_name_of_250_bytes_is_written(tmp_path):
+    """The temporary name is short whatever the final one: ".{stem}.partial.mp4" was 9 bytes longer, so a 250-byte
+    VBench name passed the 255-byte check and failed with "File name too long" after the whole video was made."""
+    name = "é" * 123 + "-0.mp4"  # 246 + 6 = 252 bytes
+    assert len(name.encode()) == 252
+    original = frames(t=2, h=16, w=16)
+    path = write_video(tmp_path / name, original, quality=None)
+    assert np.abs(read_video(path).astype(int) - original.astype(int)).max() <= 2
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
 def test_missing_file_and_bad_frames_are_readable_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="video not found"):
         read_video(tmp_path / "missing.mp4")
