@@ -9,7 +9,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+from cache_testing import assert_forecast_step_replaces_cached_outputs_by_taylor_forecast
 from diffusers import FluxTransformer2DModel
+from flux_testing import tiny_flux
 from safetensors.torch import save_file
 
 from common.checkpoint import CheckpointError
@@ -28,17 +30,6 @@ TINY_SCHNELL = replace(TINY, guidance_embed=False)
 BATCH, GRID_H, GRID_W, L_TXT = 2, 3, 4, 5
 TOLERANCE = 1e-5
 FLUX_DEV_PARAMETERS = 11_901_408_320
-
-
-def tiny_flux(params: FluxParams = TINY, seed: int = 0) -> Flux:
-    model = Flux(params).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            # RMSNorm scales around 1, everything else small enough to keep activations O(1).
-            param.copy_(1 + 0.1 * noise if name.endswith(".scale") else 0.1 * noise)
-    return model
 
 
 def inputs(params: FluxParams, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -97,21 +88,21 @@ def test_round_trip_is_exact() -> None:
         assert back.keys() == sd.keys()
         for key, value in sd.items():
             assert torch.equal(back[key], value), key
-    twin_sd = diffusers_twin(tiny_flux()).state_dict()
+    twin_sd = diffusers_twin(tiny_flux(TINY)).state_dict()
     again = bfl_to_diffusers(diffusers_to_bfl(twin_sd))
     assert again.keys() == twin_sd.keys()
     assert all(torch.equal(again[k], v) for k, v in twin_sd.items())
 
 
 def test_final_modulation_is_swapped() -> None:
-    sd = tiny_flux().state_dict()
+    sd = tiny_flux(TINY).state_dict()
     bias = sd["final_layer.adaLN_modulation.1.bias"]
     shift, scale = bias.chunk(2)
     assert torch.equal(bfl_to_diffusers(sd)["norm_out.linear.bias"], torch.cat([scale, shift]))
 
 
 def test_conversion_refuses_missing_and_leftover_keys() -> None:
-    sd = tiny_flux().state_dict()
+    sd = tiny_flux(TINY).state_dict()
     broken = dict(sd)
     del broken["double_blocks.1.img_attn.qkv.bias"]
     broken["extra.weight"] = torch.zeros(1)
@@ -148,7 +139,7 @@ def step_inputs(step: int) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def test_interval_one_cache_is_the_plain_model() -> None:
-    model = tiny_flux()
+    model = tiny_flux(TINY)
     cache = TaylorCache(TaylorSeerConfig(interval=1, max_order=1))
     for step in range(3):
         cache.begin_step(step)
@@ -166,54 +157,17 @@ def cached_modules(model: Flux) -> list[torch.nn.Module]:
     return modules
 
 
-@torch.no_grad()
 def test_forecast_step_replaces_cached_outputs_by_taylor_forecast() -> None:
-    model = tiny_flux()
-    modules = cached_modules(model)
-    # Full steps 0 and 1 (warm-up), forecast at step 2 with first-order factors.
-    cache = TaylorCache(TaylorSeerConfig(interval=3, max_order=1, first_enhance=2))
-
-    # Reference features f0, f1 of the plain model, recorded with forward hooks.
-    recorded: list[list[torch.Tensor | None]] = []
-    for step in range(2):
-        outputs: list[torch.Tensor | None] = [None] * len(modules)
-
-        def record(index: int, output: torch.Tensor, acc: list = outputs) -> None:
-            acc[index] = output
-
-        handles = [
-            m.register_forward_hook(lambda _m, _i, out, k=k, rec=record: rec(k, out)) for k, m in enumerate(modules)
-        ]
-        model(**step_inputs(step))
-        for handle in handles:
-            handle.remove()
-        recorded.append(outputs)
-        assert cache.begin_step(step)
-        assert torch.equal(model(**step_inputs(step), cache=cache), model(**step_inputs(step)))
-
-    # Plain model at step 2 with every cached module's output replaced by f1 + (f1 - f0).
-    forecasts = [f1 + (f1 - f0) for f0, f1 in zip(recorded[0], recorded[1], strict=True)]
-    handles = [m.register_forward_hook(lambda _m, _i, _out, f=f: f) for m, f in zip(modules, forecasts, strict=True)]
-    expected = model(**step_inputs(2))
-    for handle in handles:
-        handle.remove()
-
-    # At the forecast step neither the qkv projections (hence the attention) nor the cached modules run.
-    calls: list[str] = []
-    watched = modules + [b.img_attn.qkv for b in model.double_blocks] + [b.txt_attn.qkv for b in model.double_blocks]
-    watched += [b.linear1 for b in model.single_blocks]
-    handles = [m.register_forward_hook(lambda m, _i, _o: calls.append(type(m).__name__)) for m in watched]
-    assert not cache.begin_step(2)
-    got = model(**step_inputs(2), cache=cache)
-    for handle in handles:
-        handle.remove()
-    assert calls == []
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    assert not torch.allclose(got, model(**step_inputs(2)))
+    model = tiny_flux(TINY)
+    attention_inputs = [b.img_attn.qkv for b in model.double_blocks] + [b.txt_attn.qkv for b in model.double_blocks]
+    attention_inputs += [b.linear1 for b in model.single_blocks]
+    assert_forecast_step_replaces_cached_outputs_by_taylor_forecast(
+        model, cached_modules(model), attention_inputs, step_inputs
+    )
 
 
 def test_single_blocks_use_offset_cache_indices() -> None:
-    model = tiny_flux()
+    model = tiny_flux(TINY)
     cache = TaylorCache(TaylorSeerConfig(interval=1))
     cache.begin_step(0)
     with torch.no_grad():
@@ -244,7 +198,7 @@ def test_presets_parameter_counts_and_full_size_mapping() -> None:
 
 
 def test_load_flux_from_bfl_safetensors(tmp_path, monkeypatch) -> None:
-    model = tiny_flux()
+    model = tiny_flux(TINY)
     path = tmp_path / "flux-tiny.safetensors"
     save_file(model.state_dict(), str(path))
     monkeypatch.setitem(FLUX_PRESETS, "tiny-dev", TINY)

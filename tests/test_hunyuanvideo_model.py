@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cache_testing import assert_forecast_step_replaces_cached_outputs_by_taylor_forecast
 from diffusers import HunyuanVideoTransformer3DModel
+from hunyuanvideo_testing import to_diffusers_transformer
 from safetensors.torch import save_file
 
 from common.checkpoint import CheckpointError
@@ -71,12 +73,6 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / a.norm()).item()
 
 
-def diffusers_twin(model: HunyuanVideo) -> HunyuanVideoTransformer3DModel:
-    twin = HunyuanVideoTransformer3DModel(**diffusers_config(model.params))
-    twin.load_state_dict(official_to_diffusers(model.state_dict()), strict=True)
-    return twin.eval()
-
-
 def run_diffusers(twin: HunyuanVideoTransformer3DModel, x: dict) -> torch.Tensor:
     # Same conventions: timestep in [0, 1000], guidance already x 1000, mask 1 = real token.
     return twin(
@@ -102,7 +98,7 @@ def test_matches_diffusers(params: HunyuanVideoParams, padded: bool) -> None:
     ours = model(**x)
     assert ours.shape == x["x"].shape
     assert ours.abs().mean() > 1e-1
-    assert relative_error(ours, run_diffusers(diffusers_twin(model), x)) < TOLERANCE
+    assert relative_error(ours, run_diffusers(to_diffusers_transformer(model), x)) < TOLERANCE
 
 
 def test_round_trip_is_exact() -> None:
@@ -111,7 +107,7 @@ def test_round_trip_is_exact() -> None:
         back = diffusers_to_official(official_to_diffusers(sd))
         assert back.keys() == sd.keys()
         assert all(torch.equal(back[k], v) for k, v in sd.items())
-    twin_sd = diffusers_twin(tiny_model()).state_dict()
+    twin_sd = to_diffusers_transformer(tiny_model()).state_dict()
     again = official_to_diffusers(diffusers_to_official(twin_sd))
     assert again.keys() == twin_sd.keys()
     assert all(torch.equal(again[k], v) for k, v in twin_sd.items())
@@ -239,7 +235,7 @@ def test_load_official_and_diffusers_safetensors(tmp_path: Path) -> None:
 def test_load_sharded_diffusers_folder(tmp_path: Path) -> None:
     model = tiny_model(TINY_NO_GUIDANCE)
     # A small shard size makes save_pretrained write several shards and an index.
-    diffusers_twin(model).save_pretrained(tmp_path / "transformer", max_shard_size="200KB")
+    to_diffusers_transformer(model).save_pretrained(tmp_path / "transformer", max_shard_size="200KB")
     assert (tmp_path / "transformer" / "diffusion_pytorch_model.safetensors.index.json").is_file()
     x = inputs(TINY_NO_GUIDANCE, padded=True)
     with torch.no_grad():
@@ -308,47 +304,13 @@ def cached_modules(model: HunyuanVideo) -> list[torch.nn.Module]:
     return modules
 
 
-@torch.no_grad()
 def test_forecast_step_replaces_cached_outputs_by_taylor_forecast() -> None:
     model = tiny_model()
-    modules = cached_modules(model)
-    # Full steps 0 and 1 (warm-up), forecast at step 2 with first-order factors.
-    cache = TaylorCache(TaylorSeerConfig(interval=3, max_order=1, first_enhance=2))
-
-    # Reference features f0, f1 of the plain model, recorded with forward hooks.
-    recorded: list[list[torch.Tensor | None]] = []
-    for step in range(2):
-        outputs: list[torch.Tensor | None] = [None] * len(modules)
-        handles = [
-            m.register_forward_hook(lambda _m, _i, out, k=k, acc=outputs: acc.__setitem__(k, out))
-            for k, m in enumerate(modules)
-        ]
-        model(**step_inputs(step))
-        for handle in handles:
-            handle.remove()
-        recorded.append(outputs)
-        assert cache.begin_step(step)
-        assert torch.equal(model(**step_inputs(step), cache=cache), model(**step_inputs(step)))
-
-    # Plain model at step 2 with every cached module's output replaced by f1 + (f1 - f0).
-    forecasts = [f1 + (f1 - f0) for f0, f1 in zip(recorded[0], recorded[1], strict=True)]
-    handles = [m.register_forward_hook(lambda _m, _i, _out, f=f: f) for m, f in zip(modules, forecasts, strict=True)]
-    expected = model(**step_inputs(2))
-    for handle in handles:
-        handle.remove()
-
-    # At the forecast step neither the qkv projections (hence the attention) nor the cached modules run.
-    calls: list[str] = []
-    watched = modules + [b.img_attn_qkv for b in model.double_blocks] + [b.txt_attn_qkv for b in model.double_blocks]
-    watched += [b.linear1 for b in model.single_blocks]
-    handles = [m.register_forward_hook(lambda m, _i, _o: calls.append(type(m).__name__)) for m in watched]
-    assert not cache.begin_step(2)
-    got = model(**step_inputs(2), cache=cache)
-    for handle in handles:
-        handle.remove()
-    assert calls == []
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    assert not torch.allclose(got, model(**step_inputs(2)))
+    attention_inputs = [b.img_attn_qkv for b in model.double_blocks] + [b.txt_attn_qkv for b in model.double_blocks]
+    attention_inputs += [b.linear1 for b in model.single_blocks]
+    assert_forecast_step_replaces_cached_outputs_by_taylor_forecast(
+        model, cached_modules(model), attention_inputs, step_inputs
+    )
 
 
 # -------------------------------------------------------------------------------------------------------- FLOPs

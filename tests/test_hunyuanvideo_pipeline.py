@@ -33,20 +33,17 @@ from taylorseer_hunyuanvideo.text_encoders import (
     LlamaTextEncoder,
     template_crop_start,
 )
-from taylorseer_hunyuanvideo.vae import official_vae_config, official_vae_state_dict
+from taylorseer_hunyuanvideo.vae import decode_latents, official_vae_config, official_vae_state_dict
 from taylorseer_hunyuanvideo.weights import check_model_files, find_model_files, load_components, load_vae
 
 PROMPT = "a red fox running in the snow at sunset"
 VIDEO = {"height": 32, "width": 32, "video_length": 5}
 FP32 = {"dtype": torch.float32, "text_encoder_dtype": torch.float32, "vae_dtype": torch.float32}
+# Not the defaults (7.0 and 6.0) of either pipeline, so that an argument that went unused cannot pass the parity test.
+FLOW_SHIFT, EMBEDDED_GUIDANCE = 5.0, 5.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +245,7 @@ def test_same_video_as_diffusers_hunyuan_video_pipeline(components, pipe, cfg_sc
         tokenizer=components.text_encoder.tokenizer,
         transformer=to_diffusers_transformer(components.transformer),
         vae=components.vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT),
         text_encoder_2=components.text_encoder_2.model,
         tokenizer_2=components.text_encoder_2.tokenizer,
     )
@@ -263,7 +260,16 @@ def test_same_video_as_diffusers_hunyuan_video_pipeline(components, pipe, cfg_sc
     torch.testing.assert_close(text.mask, mask.long(), rtol=0, atol=0)
     torch.testing.assert_close(text.pooled, pooled, rtol=1e-6, atol=1e-7)
 
-    ours = pipe(PROMPT, **VIDEO, num_inference_steps=4, seed=3, cfg_scale=cfg_scale, negative_prompt="blue dog")
+    ours = pipe(
+        PROMPT,
+        **VIDEO,
+        num_inference_steps=4,
+        seed=3,
+        flow_shift=FLOW_SHIFT,
+        embedded_guidance_scale=EMBEDDED_GUIDANCE,
+        cfg_scale=cfg_scale,
+        negative_prompt="blue dog",
+    )
 
     def run_diffusers(output_type: str) -> torch.Tensor:
         extra = {"true_cfg_scale": cfg_scale, "negative_prompt": "blue dog"} if cfg_scale > 1 else {}
@@ -273,7 +279,7 @@ def test_same_video_as_diffusers_hunyuan_video_pipeline(components, pipe, cfg_sc
             width=VIDEO["width"],
             num_frames=VIDEO["video_length"],
             num_inference_steps=4,
-            guidance_scale=6.0,
+            guidance_scale=EMBEDDED_GUIDANCE,
             generator=torch.Generator().manual_seed(3),  # same CPU stream as ours on the CPU
             prompt_template=template,
             max_sequence_length=TINY_TEXT_LEN,
@@ -346,13 +352,73 @@ def test_bad_sizes_name_the_fix(size, message):
         check_video_size(*size)
 
 
-def test_offload_gives_the_same_video_and_keeps_encoders_home(components):
-    plain = HunyuanVideoPipeline.from_components(components)(PROMPT, **VIDEO, num_inference_steps=2, seed=2)
-    offloaded = HunyuanVideoPipeline.from_components(components, offload=True)
-    out = offloaded(PROMPT, **VIDEO, num_inference_steps=2, seed=2)
-    torch.testing.assert_close(out.video, plain.video, rtol=0, atol=0)
-    for module in (offloaded.vae, offloaded.text_encoder.model, offloaded.text_encoder_2.model):
+OFFLOAD_DEVICE = torch.device("cpu:0")
+"""A device that is not ``torch.device("cpu")`` (so moves to it and back home are told apart) but runs on the CPU."""
+
+
+def record_moves(modules: dict[str, torch.nn.Module]) -> list[tuple[str, str]]:
+    """Wrap each module's ``.to`` to log ``(name, target device)`` in the returned list, in call order."""
+    moves: list[tuple[str, str]] = []
+    for name, module in modules.items():
+
+        def logged(*args, _name=name, _original=module.to, **kwargs):
+            target = args[0] if args else kwargs.get("device")
+            moves.append((_name, str(torch.device(target)) if isinstance(target, str | torch.device) else repr(target)))
+            return _original(*args, **kwargs)
+
+        module.to = logged
+    return moves
+
+
+@pytest.mark.parametrize("offload", [True, False])
+def test_offload_moves_encoders_and_vae_only_while_used(checkpoints, offload):
+    """With offload the LLM, CLIP and the VAE each go to the device just before they run and back to the CPU right
+    after; the transformer stays on the device. Without offload nothing moves after construction. The video is the
+    same either way."""
+    fresh = load_components(find_model_files(checkpoints["diffusers"]), TINY_MODEL, text_len=TINY_TEXT_LEN, **FP32)
+    pipe = HunyuanVideoPipeline.from_components(fresh, device=OFFLOAD_DEVICE, offload=offload)
+    modules = {
+        "llm": pipe.text_encoder.model,
+        "clip": pipe.text_encoder_2.model,
+        "vae": pipe.vae,
+        "transformer": pipe.transformer,
+    }
+    moves = record_moves(modules)
+    out = pipe(PROMPT, **VIDEO, num_inference_steps=2, seed=2)
+    expected_moves = [(name, device) for name in ("llm", "clip", "vae") for device in ("cpu:0", "cpu")]
+    assert moves == (expected_moves if offload else [])
+    for module in modules.values():
         assert next(module.parameters()).device.type == "cpu"
+    plain = HunyuanVideoPipeline.from_components(fresh, device=OFFLOAD_DEVICE)(
+        PROMPT, **VIDEO, num_inference_steps=2, seed=2
+    )
+    torch.testing.assert_close(out.video, plain.video, rtol=0, atol=0)
+    # Tensors moved to cpu:0 are copies, which may round differently from the same run on "cpu" in the last bits.
+    on_cpu = HunyuanVideoPipeline.from_components(fresh)(PROMPT, **VIDEO, num_inference_steps=2, seed=2)
+    torch.testing.assert_close(out.video, on_cpu.video)
+
+
+@torch.no_grad()
+def test_vae_tiling_is_diffusers_tiled_decode_and_can_be_switched_off_again():
+    """At the 32 px of the other tests diffusers' tile minimum (256 px) makes tiling a no-op; with the tiles shrunk
+    to 32 px (stride 24) a 64x64 decode runs in three overlapping tiles per side. decode_latents toggles the state
+    of a VAE shared across calls, so a tiled call followed by an untiled one must leave no tiling behind."""
+    vae = tiny_vae()
+    vae.tile_sample_min_height = vae.tile_sample_min_width = 32
+    vae.tile_sample_stride_height = vae.tile_sample_stride_width = 24
+    latents = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    scaled = latents / vae.config.scaling_factor
+    assert not vae.use_tiling
+    plain = vae.decode(scaled, return_dict=False)[0].float().clamp(-1, 1)
+    diffusers_tiled = vae.tiled_decode(scaled, return_dict=False)[0].float().clamp(-1, 1)
+    assert plain.shape == (1, 3, 5, 64, 64)
+    assert relative_error(diffusers_tiled, plain) > 1e-3  # the tiles' seams: tiling really happens at this size
+
+    tiled = decode_latents(vae, latents, tiling=True)
+    torch.testing.assert_close(tiled, diffusers_tiled, rtol=0, atol=0)
+    untiled = decode_latents(vae, latents, tiling=False)
+    torch.testing.assert_close(untiled, plain, rtol=0, atol=0)
+    torch.testing.assert_close(decode_latents(vae, latents, tiling=True), diffusers_tiled, rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
