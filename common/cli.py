@@ -4,15 +4,18 @@ the help formatter, and the one error type that scripts print as a single ``erro
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import torch
 
 from .checkpoint import CheckpointError
-from .taylor_cache import TaylorSeerConfig
+from .taylor_cache import TaylorSeerConfig, check_schedule
 
 T = TypeVar("T")
 
@@ -24,8 +27,17 @@ __all__ = [
     "warn",
     "existing_dir",
     "check_output_folder",
+    "check_output_file",
+    "check_schedule_flags",
+    "finite_float",
+    "int_range",
+    "parse_device",
     "run_cli",
+    "MAX_SEED",
 ]
+
+MAX_SEED = 2**63 - 1
+"""Largest seed any script takes (torch generators take 64-bit seeds; seed + index must stay below this)."""
 
 _DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -60,6 +72,80 @@ def run_cli(main_fn: Callable[..., T], *args, catch: tuple[type[Exception], ...]
         raise SystemExit(2) from None
 
 
+def finite_float(
+    low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], float]:
+    """An argparse ``type=`` for a finite float in [low, high] (open ends with ``low_open``/``high_open``): NaN, inf
+    and out-of-range values end in argparse's one ``error:`` line naming the flag and the range."""
+    lower = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+    upper = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+    wanted = " and ".join(part for part in (lower, upper) if part)
+    wanted = f"a finite number {wanted}".rstrip()
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
+        return value
+
+    parse.__name__ = "finite_float"
+    return parse
+
+
+def int_range(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type=`` for an int in [low, high]; anything else ends in one ``error:`` line with the range."""
+    if low is not None and high is not None:
+        wanted = f"an integer in {low}..{high}"
+    elif low is not None:
+        wanted = f"an integer >= {low}"
+    elif high is not None:
+        wanted = f"an integer <= {high}"
+    else:
+        wanted = "an integer"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
+        return value
+
+    parse.__name__ = "int_range"
+    return parse
+
+
+def parse_device(device_arg: str | None, flag: str = "--device") -> torch.device | None:
+    """``device_arg`` as a torch device that exists on this machine (None stays None: the script's default), else a
+    :class:`UsageError` naming the fix: an unknown device string, CUDA without a visible GPU, or a GPU index past the
+    last one."""
+    if device_arg is None:
+        return None
+    try:
+        device = torch.device(device_arg)
+    except RuntimeError:
+        raise UsageError(f"{flag} {device_arg!r} is not a torch device: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"{flag} {device_arg}: no CUDA GPU is visible on this machine; use {flag} cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"{flag} {device_arg}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"{flag} {device_arg}: MPS is not available here; use {flag} cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"{flag} {device_arg}: unsupported device type {device.type!r}; use cpu or cuda")
+    return device
+
+
 def existing_dir(path: str | Path, what: str) -> Path:
     """``path`` as a folder that exists, or a :class:`UsageError` naming it."""
     folder = Path(path).expanduser()
@@ -69,20 +155,55 @@ def existing_dir(path: str | Path, what: str) -> Path:
 
 
 def check_output_folder(path: str | Path, flag: str) -> Path:
-    """``path`` as a folder that exists or can be created (nothing on the way is a file), else a :class:`UsageError`
-    naming ``flag``; creates nothing."""
+    """``path`` as a folder that exists or can be created (nothing on the way is a file) and that this process can
+    write in, else a :class:`UsageError` naming ``flag``; creates nothing. Call it before any compute starts."""
     folder = Path(path).expanduser()
-    for ancestor in (folder, *folder.absolute().parents):
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {folder.absolute()} exists and is not a folder: choose another {flag}")
+    _check_creatable(folder, folder, flag)
+    return folder
+
+
+def check_output_file(path: str | Path, flag: str, suffixes: Sequence[str]) -> Path:
+    """``path`` as a file that can be written, with one of ``suffixes`` (e.g. ``(".json",)``): its folder exists or
+    can be created and is writable, and ``path`` is not a folder. Else a :class:`UsageError` naming ``flag``;
+    creates nothing. Call it before any compute starts, so that hours of work never end in an unwritable path."""
+    file = Path(path).expanduser()
+    if file.suffix.lower() not in {s.lower() for s in suffixes}:
+        wanted = " or ".join(suffixes)
+        raise UsageError(f"{flag} {file} must end in {wanted}: e.g. {flag} {file.with_suffix(suffixes[0])}")
+    if file.is_dir():
+        raise UsageError(f"{flag} {file.absolute()} is a folder: give a file name, e.g. {file / ('out' + suffixes[0])}")
+    _check_creatable(file.absolute().parent, file, flag)
+    if file.exists() and not os.access(file, os.W_OK):
+        raise UsageError(f"{flag} {file.absolute()} is read-only: choose another {flag} or make it writable")
+    return file
+
+
+def _check_creatable(folder: Path, target: Path, flag: str) -> None:
+    """``folder`` exists or can be created (no file on the way) and its nearest existing folder takes new files."""
+    for ancestor in (folder.absolute(), *folder.absolute().parents):
         if not ancestor.exists():
             continue
-        if ancestor == folder and not folder.is_dir():
-            raise UsageError(f"{flag} {folder.absolute()} exists and is not a folder: choose another {flag}")
         if not ancestor.is_dir():
             raise UsageError(
-                f"{flag} {folder.absolute()} cannot be created: {ancestor} is a file; choose another {flag}"
+                f"{flag} {target.absolute()} cannot be created: {ancestor} is a file; choose another {flag}"
             )
-        break
-    return folder
+        _check_writable(ancestor, target, flag)
+        return
+
+
+def _check_writable(existing: Path, target: Path, flag: str) -> None:
+    """Create and delete a temporary file in ``existing`` (the nearest folder of ``target`` that exists): the one
+    test that also holds for root, read-only mounts and full quotas, where permission bits say nothing."""
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"{flag} {target.absolute()} cannot be written: {existing} refuses new files ({exc.strerror}); "
+            f"choose another {flag}"
+        ) from None
 
 
 def add_taylorseer_args(
@@ -129,3 +250,12 @@ def taylorseer_config_from_args(args: argparse.Namespace, parser: argparse.Argum
         )
     except (TypeError, ValueError) as err:
         parser.error(f"invalid TaylorSeer setting: {err}")
+
+
+def check_schedule_flags(config: TaylorSeerConfig, num_steps: int, parser: argparse.ArgumentParser) -> None:
+    """:func:`check_schedule` for the parsed flags: a schedule whose TaylorSeer label would lie (see there) exits
+    through ``parser.error`` with the flag to change."""
+    try:
+        check_schedule(num_steps, config)
+    except (TypeError, ValueError) as err:
+        parser.error(f"--derivative-start-step: {err}".replace("derivative_start_step", "--derivative-start-step"))

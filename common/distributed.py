@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .cli import parse_device
+
 __all__ = ["BARRIER_TIMEOUT", "Distributed", "launched_world_size", "resolve_device", "setup_distributed"]
 
 BARRIER_TIMEOUT = datetime.timedelta(hours=24)
@@ -66,6 +68,7 @@ def resolve_device(device_arg: str | None, local_rank: int | None, cuda_availabl
 def setup_distributed(device_arg: str | None) -> Distributed:
     """Join torchrun's process group (NCCL on CUDA, gloo on CPU); without torchrun's variables, one plain process.
     The device is :func:`resolve_device`'s: cuda:LOCAL_RANK for None (with CUDA) or "cuda" under torchrun."""
+    parse_device(device_arg)  # a device this machine lacks ends in one message before the process group forms
     launched = _launched()
     local_rank = int(os.environ.get("LOCAL_RANK", 0)) if launched else None
     device = resolve_device(device_arg, local_rank, torch.cuda.is_available())

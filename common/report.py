@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from .cli import parse_device
+
 __all__ = ["markdown_table", "resolve_device", "save_report"]
 
 
@@ -20,11 +22,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
-    """``name`` as a torch device; a CUDA device on a machine without one is a ValueError."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' was asked for, but torch sees no CUDA GPU; use --device cpu")
-    return device
+    """``name`` as a torch device of this machine; an unknown name or a CUDA device on a machine without one is a
+    :class:`common.cli.UsageError` (a ValueError) naming the fix."""
+    return parse_device(str(name))
 
 
 def save_report(output: str | Path, record: dict, markdown: str) -> Path:

@@ -7,19 +7,38 @@ all, is a conflict: the script refuses to run rather than mix results of differe
 
 Records are appended (one write per run, only the changed ones), so that concurrent jobs over different files of one
 folder do not lose each other's records; the last record of a file is its current one.
+
+Every record names the weights that make the file by content (``weights_id``, see
+:func:`common.integrity.weights_fingerprint`), so a rerun with other weights is refused like any other setting.
+Once a file is written, :func:`record_written` appends its record again with the file's SHA-256 (one ``write`` call
+of one line, so processes writing into one folder never interleave within a line). On resume :func:`damaged_outputs`
+checks every file to adopt: against its checksum when one is recorded, else with a decoder the script passes (a run
+killed between writing and recording); the script sets the damaged ones aside and makes them again.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .cli import UsageError
+from .integrity import file_sha256
 
-__all__ = ["RECORDS_FILE", "append_records", "check_consistent", "read_records"]
+__all__ = [
+    "CHECKSUM",
+    "RECORDS_FILE",
+    "append_records",
+    "check_consistent",
+    "damaged_outputs",
+    "read_records",
+    "record_written",
+]
 
 RECORDS_FILE = "metadata.jsonl"
+CHECKSUM = "sha256"
+"""Key of the written file's checksum; never compared as a setting."""
 MAX_SHOWN = 5
 
 
@@ -66,7 +85,7 @@ def check_consistent(
     """Refuse (:class:`UsageError`) when a planned file already exists in ``folder`` and its record in ``existing``
     is missing or differs from ``planned``'s in any key outside ``uncompared``."""
     folder = Path(folder)
-    ignored = set(uncompared)
+    ignored = {*uncompared, CHECKSUM}
     conflicts = []
     for name, record in planned.items():
         if not (folder / name).exists():
@@ -93,8 +112,56 @@ def check_consistent(
 def append_records(path: str | Path, existing: Mapping[str, dict], planned: Mapping[str, dict]) -> int:
     """Append the ``planned`` records that differ from (or are missing in) ``existing``, in one write; returns how
     many were appended."""
-    new = [record for name, record in planned.items() if existing.get(name) != record]
+    new = [record for name, record in planned.items() if _without_checksum(existing.get(name)) != record]
     if new:
-        with Path(path).open("a", encoding="utf-8") as file:
-            file.write("".join(json.dumps(record) + "\n" for record in new))
+        _append_text(path, "".join(_json_line(record) for record in new))
     return len(new)
+
+
+def record_written(path: str | Path, record: Mapping, written: str | Path) -> None:
+    """Append ``record`` with the SHA-256 of the file ``written`` (just written for it) to the records file."""
+    _append_text(path, _json_line({**record, CHECKSUM: file_sha256(written)}))
+
+
+def damaged_outputs(
+    folder: str | Path, existing: Mapping[str, dict], names: Iterable[str], verify: Callable[[Path], str | None]
+) -> dict[str, str]:
+    """Of the ``names`` that exist in ``folder``: name -> why it cannot be adopted. A file with a recorded checksum
+    must match it; one without (killed between writing and recording) must pass ``verify(path)``, which returns None
+    for a sound file or the reason it is not."""
+    folder = Path(folder)
+    damaged = {}
+    for name in names:
+        path = folder / name
+        if not path.exists():
+            continue
+        expected = (existing.get(name) or {}).get(CHECKSUM)
+        if expected is not None:
+            if file_sha256(path) != expected:
+                damaged[name] = "its content differs from what this folder's run wrote (truncated or replaced)"
+        else:
+            reason = verify(path)
+            if reason is not None:
+                damaged[name] = reason
+    return damaged
+
+
+def _without_checksum(record: Mapping | None) -> dict | None:
+    return None if record is None else {k: v for k, v in record.items() if k != CHECKSUM}
+
+
+def _json_line(record: Mapping) -> str:
+    # allow_nan=False: a NaN setting must never make the file invalid JSON (settings are validated finite upstream).
+    return json.dumps(record, allow_nan=False) + "\n"
+
+
+def _append_text(path: str | Path, text: str) -> None:
+    """Append ``text`` with one ``write`` on an O_APPEND descriptor: atomic against other appending processes."""
+    data = text.encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
+    finally:
+        os.close(fd)

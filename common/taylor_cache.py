@@ -37,6 +37,7 @@ __all__ = [
     "cached_group",
     "is_full_step",
     "full_step_indices",
+    "check_schedule",
     "update_factors",
     "taylor_forecast",
 ]
@@ -98,6 +99,26 @@ def is_full_step(step: int, config: TaylorSeerConfig) -> bool:
 def full_step_indices(num_steps: int, config: TaylorSeerConfig) -> list[int]:
     """The full steps of a ``num_steps``-step run, in sampling order."""
     return [s for s in range(num_steps) if is_full_step(s, config)]
+
+
+def check_schedule(num_steps: int, config: TaylorSeerConfig) -> None:
+    """Refuse a ``derivative_start_step`` that forms no derivative for any forecast of a ``num_steps``-step run
+    (e.g. one past the last full step): every forecast would then be plain reuse, and a run labelled TaylorSeer of
+    order >= 1 would silently be FORA. A ValueError names the largest value that still works."""
+    _require_int("num_steps", num_steps, minimum=1)
+    if config.is_uncached or config.max_order == 0 or config.derivative_start_step == 0:
+        return
+    full = full_step_indices(num_steps, config)
+    full_set = set(full)
+    forecasts = [s for s in range(num_steps) if s not in full_set]
+    # Full steps that can form a derivative (they have a predecessor) and still have a forecast after them.
+    useful = [s for s in full[1:] if forecasts and s < forecasts[-1]]
+    if useful and config.derivative_start_step > useful[-1]:
+        raise ValueError(
+            f"derivative_start_step {config.derivative_start_step} forms no derivative before the last forecast of "
+            f"this {num_steps}-step run (full steps {full}), so order {config.max_order} would run as plain reuse "
+            f"(FORA): use a derivative_start_step <= {useful[-1]}, or max_order 0 for FORA"
+        )
 
 
 def update_factors(old: list[torch.Tensor], feature: torch.Tensor, distance: int, max_order: int) -> list[torch.Tensor]:
