@@ -18,7 +18,7 @@ import argparse
 import contextlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
@@ -315,6 +315,46 @@ def read_diffusers_folder(folder: str | Path) -> tuple[dict[str, torch.Tensor], 
     return read_diffusers_weights(folder), config
 
 
+def _confined_shard(index: Path, shard: str, key: str) -> Path:
+    """The file that the index entry ``key -> shard`` names, refused (CheckpointError naming the entry) unless it is
+    inside the index's folder: an index from an untrusted download must not make us read any other file of the
+    machine (absolute paths, ``..``, or a symlink out of the folder). Hugging Face's cache is the one exception it
+    needs: a snapshot's files are symlinks into the same repository's ``blobs/``."""
+    folder = index.parent
+    windows = PureWindowsPath(shard)  # also splits at backslashes and sees drives, so "..\\x" or "C:x" are caught
+    escapes = (
+        not PurePosixPath(shard).parts
+        or PurePosixPath(shard).is_absolute()
+        or windows.is_absolute()
+        or windows.drive != ""
+        or ".." in windows.parts
+    )
+    path = folder / shard
+    if not escapes:  # resolve() follows symlinks, dangling ones too
+        target = path.resolve()
+        escapes = not any(target.is_relative_to(root) for root in _allowed_shard_roots(folder))
+    if escapes:
+        raise CheckpointError(
+            f"Sharded weights index lists a shard outside its folder:\n  {index.absolute()}\n"
+            f"  entry: {key!r} -> {shard!r}\n"
+            f"Shards must be files inside {folder.absolute()}/ (no absolute path, '..' or symlink out of it); the "
+            "index is corrupt or was tampered with: download the checkpoint again from its source."
+        )
+    return path
+
+
+def _allowed_shard_roots(folder: Path) -> list[Path]:
+    """Where a shard may resolve to: the index's folder, and for a folder inside a Hugging Face cache snapshot
+    (``models--org--name/snapshots/<revision>/...``) that repository's ``blobs/``, where its symlinks point."""
+    roots = [folder.resolve()]
+    absolute = folder.absolute()
+    for ancestor in (absolute, *absolute.parents):
+        if ancestor.parent.name == "snapshots":
+            roots.append((ancestor.parent.parent / "blobs").resolve())
+            break
+    return roots
+
+
 def _read_sharded(index: Path) -> dict[str, torch.Tensor]:
     """Merge the shards listed in a diffusers/transformers ``*.index.json``; every listed key must be in its shard
     and every shard's key must be listed, so a stale index or a shard from another download is refused."""
@@ -327,8 +367,9 @@ def _read_sharded(index: Path) -> dict[str, torch.Tensor]:
     merged: dict[str, torch.Tensor] = {}
     problems = []
     for shard in sorted(set(weight_map.values())):
+        path = _confined_shard(index, shard, next(key for key, file in weight_map.items() if file == shard))
         how = f"The index {index.name} lists it: download the missing shard into {index.parent.absolute()}/."
-        tensors = read_state_dict(require_path(index.parent / shard, f"Shard {shard!r}", how))
+        tensors = read_state_dict(require_path(path, f"Shard {shard!r}", how))
         listed = {key for key, file in weight_map.items() if file == shard}
         absent, unlisted = sorted(listed - set(tensors)), sorted(set(tensors) - listed)
         if absent:

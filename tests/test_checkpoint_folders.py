@@ -340,3 +340,65 @@ def test_hunyuan_duplicates_are_gone() -> None:
     assert not hasattr(hunyuan_weights, "load_transformer")
     with pytest.raises(CheckpointError, match=hunyuan_weights.OFFICIAL_DIT.replace(".", r"\.")):
         load_hunyuan_video("nowhere.pt")
+
+
+# ------------------------------------------------------------------------------ shard index confinement
+
+
+def point_index_at(folder: Path, shard: str) -> None:
+    """Rewrite the index so that the first shard's tensor (a.weight) is listed in ``shard`` instead."""
+    content = json.loads((folder / INDEX).read_text())
+    content["weight_map"]["a.weight"] = shard
+    (folder / INDEX).write_text(json.dumps(content))
+
+
+def outside_shard(tmp_path: Path) -> Path:
+    """A file outside the checkpoint folder holding exactly a.weight: the index entry would load it if allowed."""
+    path = tmp_path / "elsewhere" / "a.safetensors"
+    path.parent.mkdir()
+    save_file({"a.weight": tensors()["a.weight"]}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["absolute", "dotdot", "backslash dotdot", "symlink", "dangling symlink", "empty"])
+def test_shard_paths_must_stay_inside_the_checkpoint_folder(kind: str, tmp_path: Path) -> None:
+    folder = write_sharded(tmp_path / "m")
+    target = outside_shard(tmp_path)
+    (folder / "model-00001-of-00002.safetensors").unlink()
+    if kind == "absolute":
+        shard = str(target)
+    elif kind == "dotdot":
+        shard = "../elsewhere/a.safetensors"
+    elif kind == "backslash dotdot":
+        shard = "..\\elsewhere\\a.safetensors"
+    elif kind == "empty":
+        shard = ""
+    else:
+        shard = "linked.safetensors"
+        (folder / shard).symlink_to(target if kind == "symlink" else tmp_path / "gone.safetensors")
+    point_index_at(folder, shard)
+    with pytest.raises(CheckpointError) as info:
+        read_diffusers_weights(folder)
+    message = str(info.value)
+    assert message.startswith("Sharded weights index lists a shard outside its folder:")
+    assert f"entry: 'a.weight' -> {shard!r}" in message and str(folder / INDEX) in message
+    assert f"Shards must be files inside {folder}/" in message
+
+
+def test_shards_inside_the_folder_and_hugging_face_cache_symlinks_are_read(tmp_path: Path) -> None:
+    """A shard in a subfolder or linked within the folder is inside; the Hugging Face cache keeps snapshot files as
+    symlinks into the repository's blobs/, which is allowed too."""
+    folder = write_sharded(tmp_path / "m")
+    (folder / "sub").mkdir()
+    (folder / "model-00001-of-00002.safetensors").rename(folder / "sub" / "first.safetensors")
+    point_index_at(folder, "sub/first.safetensors")
+    assert_equal_dicts(read_diffusers_weights(folder), tensors())
+
+    repo = tmp_path / "hub" / "models--org--tiny"
+    snapshot = write_sharded(repo / "snapshots" / "0123abc" / "transformer")
+    (repo / "blobs").mkdir()
+    for shard in sorted(snapshot.glob("model-*.safetensors")):
+        blob = repo / "blobs" / f"blob-{shard.name}"
+        shard.rename(blob)
+        shard.symlink_to(Path("..", "..", "..", "blobs", blob.name))
+    assert_equal_dicts(read_diffusers_weights(snapshot), tensors())
