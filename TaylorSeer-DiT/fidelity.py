@@ -12,17 +12,24 @@ Two feature spaces:
 * ``digits``: the penultimate layer of the shipped digits classifier (see :class:`DigitsFeatureExtractor`).
 
 torch-fidelity's defaults assume tens of thousands of images; :func:`compute_metrics` adapts the few settings that
-fail or mislead with small sets (KID subset size, ISC splits, PRC neighbourhood) and caches nothing unless given a
-folder for it.
+fail or mislead with small sets (KID subset size, ISC splits, PRC neighbourhood). It runs torch-fidelity's feature
+extraction and metric functions itself rather than ``calculate_metrics``, so that torch-fidelity never reads its own
+feature cache (``torch.load`` with ``weights_only=False``: a planted file would run code). Features are cached only
+when asked for, as ``.safetensors`` files (plain tensors, nothing to execute) that carry their key and checksums.
+
+A damaged input (a truncated PNG or ``.npz`` left by a killed sampling run) ends in one message that names the file
+and says to re-generate or delete it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -30,13 +37,26 @@ import numpy as np
 import torch
 import torch_fidelity
 from PIL import Image
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+from torch_fidelity.metric_prc import prc_featuresdict_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import (
+    create_feature_extractor,
+    get_featuresdict_from_dataset,
+    resolve_feature_layer_for_metric,
+)
 
 from common.checkpoint import CheckpointError, read_state_dict, require_path
+from common.cli import warn
 from common.images import to_uint8
+from common.integrity import verify_png
 from common.report import resolve_device
 from taylorseer_dit.digits import CLASSIFIER_PATH, DIGITS_IMAGE_SIZE, DigitClassifier, load_classifier, load_digits
 
@@ -48,6 +68,7 @@ __all__ = [
     "INCEPTION_WEIGHTS_ENV",
     "DEFAULT_INCEPTION_WEIGHTS",
     "ImageSource",
+    "DamagedImageError",
     "UInt8ImageDataset",
     "ImageFolderDataset",
     "DigitsDataset",
@@ -56,6 +77,7 @@ __all__ = [
     "resolve_inception_weights",
     "open_images",
     "compute_metrics",
+    "feature_cache_path",
 ]
 
 METRICS = ("fid", "isc", "kid", "prc")
@@ -73,8 +95,9 @@ ISC_SPLITS = 10
 PRC_NEIGHBORHOOD = 3
 # torch-fidelity's in-memory precision/recall holds three N1 x N2 float matrices: 3 x 10k^2 x 4 B = 1.2 GB.
 PRC_FULL_MATRIX_MAX = 10_000
-# Bumped whenever the cached reference features would change for the same files (conversion, feature layers).
-CACHE_VERSION = "v1"
+# Bumped whenever the cached features would change for the same images (conversion, feature layers, file layout).
+CACHE_VERSION = "v2"
+CACHE_SUFFIX = ".safetensors"
 # torch-fidelity's result keys -> ours, in the order results are reported.
 RESULT_KEYS = {
     torch_fidelity.KEY_METRIC_FID: "fid",
@@ -88,6 +111,10 @@ RESULT_KEYS = {
 }
 
 ImageSource = str | Path | torch.Tensor | Dataset
+
+
+class DamagedImageError(ValueError):
+    """An image file that does not decode (truncated by a killed writer, or not an image at all)."""
 
 
 class UInt8ImageDataset(Dataset):
@@ -112,8 +139,9 @@ class UInt8ImageDataset(Dataset):
 class ImageFolderDataset(Dataset):
     """The PNG/JPEG files directly inside a folder, in sorted order, read lazily as uint8 (3, H, W) RGB tensors."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, what: str = "images") -> None:
         self.folder = Path(folder)
+        self.what = what
         self.files = sorted(p for p in self.folder.iterdir() if is_image_file(p))
         if not self.files:
             raise ValueError(f"no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} images in folder {self.folder}")
@@ -128,7 +156,7 @@ class ImageFolderDataset(Dataset):
                 with Image.open(path) as image:
                     sizes.setdefault(image.size, path)
             except OSError as exc:  # PIL's UnidentifiedImageError for a truncated or mislabelled file is one
-                raise ValueError(f"cannot read image {path}: {exc}") from exc
+                raise DamagedImageError(damaged_message(self.what, {path: str(exc)})) from None
             if len(sizes) > 1:
                 (w0, h0), (w1, h1) = sizes
                 raise ValueError(
@@ -141,9 +169,31 @@ class ImageFolderDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        with Image.open(self.files[index]) as image:
-            rgb = image.convert("RGB")
+        # Only the header was read up front: a file cut after it fails here, inside a DataLoader worker, whose
+        # wrapped message would be a traceback; the type tells the extraction loop to find and name the file.
+        path = self.files[index]
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DamagedImageError(f"cannot decode image {path}: {exc}") from exc
         return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+
+    def damaged_files(self) -> dict[Path, str]:
+        """Every file that does not decode completely at the common size, with the reason: one full decode of each
+        file, so it is run only after a read has failed."""
+        return {path: reason for path in self.files if (reason := verify_png(path, self.size))}
+
+
+def damaged_message(what: str, damaged: dict[Path, str]) -> str:
+    """One line naming the damaged files (the first three) and the fix."""
+    names = [f"{path} ({' '.join(reason.split())})" for path, reason in list(damaged.items())[:3]]
+    more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+    files, them = ("files", "them") if len(damaged) > 1 else ("file", "it")
+    return (
+        f"{what}: damaged image {files} {', '.join(names)}{more}: re-generate {them} (rerun the sampling command) "
+        f"or delete {them}"
+    )
 
 
 def is_image_file(path: Path) -> bool:
@@ -165,11 +215,13 @@ def digits_uint8(image_size: int = DIGITS_IMAGE_SIZE) -> torch.Tensor:
 
 
 def read_npz(path: Path) -> torch.Tensor:
-    """``arr_0`` of an ADM-style ``.npz``, uint8 (N, H, W, C), as a uint8 (N, C, H, W) tensor."""
+    """``arr_0`` of an ADM-style ``.npz``, uint8 (N, H, W, C), as a uint8 (N, C, H, W) tensor. A file cut short by
+    a killed writer (no zip directory, a bad CRC, a short array) is a DamagedImageError naming the fix."""
+    fix = "re-generate it (rerun the sampling command that wrote it) or delete it"
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path} could not be read as an .npz file: {exc}") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DamagedImageError(f"{path} could not be read as an .npz file ({exc}): {fix}") from None
     if not isinstance(data, Mapping):  # np.load returns a bare array for a .npy file named .npz
         raise ValueError(f"{path} holds a single .npy array, not an .npz archive with '{NPZ_KEY}'")
     with data:
@@ -178,7 +230,10 @@ def read_npz(path: Path) -> torch.Tensor:
                 f"{path} has no '{NPZ_KEY}' array (found: {', '.join(data.files) or 'nothing'}); "
                 "expected the ADM layout: arr_0 = uint8 images (N, H, W, C)"
             )
-        array = data[NPZ_KEY]
+        try:
+            array = data[NPZ_KEY]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise DamagedImageError(f"{path}: '{NPZ_KEY}' is damaged ({exc}): {fix}") from None
     if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] not in (1, 3):
         raise ValueError(
             f"{path}: '{NPZ_KEY}' must be uint8 images (N, H, W, C) with C 1 or 3, got {array.dtype} {array.shape}"
@@ -208,7 +263,7 @@ def open_images(source: ImageSource, what: str = "images") -> Dataset:
 
 def open_path(path: Path, what: str) -> Dataset:
     if path.is_dir():
-        return ImageFolderDataset(path)
+        return ImageFolderDataset(path, what)
     if path.is_file() and path.suffix.lower() == ".npz":
         return UInt8ImageDataset(read_npz(path), str(path))
     if not path.exists():
@@ -350,9 +405,9 @@ def compute_metrics(
     Each of ``samples`` and ``reference`` is a folder of PNG/JPEG images, an ADM ``.npz``, a uint8 tensor
     (N, C, H, W), ``"digits"`` or a Dataset from :func:`open_images`.
 
-    ``cache_dir`` lets torch-fidelity keep the features of a ``"digits"`` input there, under a name that hashes the
-    images and the extractor's weights, so a stale entry cannot be read back; torch-fidelity unpickles its cache
-    files, so only point it at a folder you own. Without it nothing is written to disk.
+    ``cache_dir`` keeps the features of a ``"digits"`` input there (see :func:`feature_cache_path`), so a later run
+    skips their extraction; without it nothing is written to disk. A cache file that does not check out (another
+    key, a bad checksum, a wrong shape, not safetensors at all) is replaced with a warning, never executed.
     """
     wanted = _check_metrics(metrics)
     if feature_extractor not in FEATURE_EXTRACTORS:
@@ -362,18 +417,23 @@ def compute_metrics(
     device = resolve_device(device)
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"torch-fidelity runs on the CPU or a CUDA GPU, not on '{device}'")
-    inputs = [open_images(samples, "samples")]
-    if wanted != {"isc"}:  # torch-fidelity would extract the features of a second input even for ISC alone
+    inputs = {"samples": open_images(samples, "samples")}
+    if wanted != {"isc"}:  # ISC is computed from the samples alone
         if reference is None:
             raise ValueError("a reference is needed for fid, kid and prc (isc alone is computed from the samples)")
-        inputs.append(open_images(reference, "reference"))
+        inputs["reference"] = open_images(reference, "reference")
     weights = resolve_inception_weights(inception_weights) if feature_extractor == "inception" else CLASSIFIER_PATH
-    kwargs = _fidelity_kwargs(wanted, inputs, feature_extractor, weights, batch_size, kid_subset_size, verbose)
-    kwargs |= _cache_kwargs(cache_dir, inputs, weights)
+    sizes = [len(dataset) for dataset in inputs.values()]
+    settings = _fidelity_kwargs(wanted, sizes, feature_extractor, weights, batch_size, kid_subset_size, verbose)
+    settings["cuda"] = device.type == "cuda"
+    layers = {metric: resolve_feature_layer_for_metric(metric, **settings) for metric in sorted(wanted)}
+    cache = None if cache_dir is None else Path(cache_dir).expanduser()
     with _cuda_device(device), warnings.catch_warnings():
         # torch-fidelity asks for up to 4 DataLoader workers whatever the core count, and torch warns about it.
         warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
-        results = torch_fidelity.calculate_metrics(cuda=device.type == "cuda", **kwargs)
+        extractor = create_feature_extractor(settings["feature_extractor"], sorted(set(layers.values())), **settings)
+        features = [_features(dataset, what, extractor, settings, cache, weights) for what, dataset in inputs.items()]
+    results = _metrics_from_features(layers, features, settings)
     return {ours: float(results[theirs]) for theirs, ours in RESULT_KEYS.items() if theirs in results}
 
 
@@ -387,21 +447,18 @@ def _check_metrics(metrics: Iterable[str]) -> set[str]:
 
 def _fidelity_kwargs(
     wanted: set[str],
-    inputs: list[Dataset],
+    sizes: list[int],
     feature_extractor: str,
     weights: Path,
     batch_size: int,
     kid_subset_size: int | None,
     verbose: bool,
 ) -> dict[str, object]:
-    """torch-fidelity's keyword arguments, with the small-N settings that its defaults would fail on."""
+    """torch-fidelity's keyword arguments (those its extractors and metric functions read), with the small-N
+    settings that its defaults would fail on."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    sizes = [len(dataset) for dataset in inputs]
     kwargs: dict[str, object] = {
-        "input1": inputs[0],
-        "input2": inputs[1] if len(inputs) > 1 else None,
-        **{metric: metric in wanted for metric in METRICS},
         # Always named: with none, torch-fidelity picks VGG16 for prc (another download) next to Inception for the rest.
         "feature_extractor": INCEPTION_EXTRACTOR_NAME if feature_extractor == "inception" else DIGITS_EXTRACTOR_NAME,
         "feature_extractor_weights_path": str(weights),
@@ -429,29 +486,154 @@ def _kid_subset_size(requested: int | None, sizes: list[int]) -> int:
     return requested
 
 
-def _cache_kwargs(cache_dir: str | Path | None, inputs: list[Dataset], weights: Path) -> dict[str, object]:
-    """Caching of the digits features in ``cache_dir`` only; torch-fidelity's default is a folder in $TORCH_HOME.
+def _metrics_from_features(
+    layers: dict[str, str], features: list[dict[str, torch.Tensor]], settings: dict[str, object]
+) -> dict[str, float]:
+    """torch-fidelity's metrics of the extracted features, keyed as ``calculate_metrics`` keys them (the same
+    functions it calls, in the same way: the numbers are identical)."""
+    first, second = features[0], features[-1]
+    results: dict[str, float] = {}
+    if "isc" in layers:
+        results |= isc_featuresdict_to_metric(first, layers["isc"], **settings)
+    if "fid" in layers:
+        stats = [fid_featuresdict_to_statistics(f, layers["fid"]) for f in (first, second)]
+        results |= fid_statistics_to_metric(*stats, settings["verbose"])
+    if "kid" in layers:
+        results |= kid_featuresdict_to_metric(first, second, layers["kid"], **settings)
+    if "prc" in layers:
+        results |= prc_featuresdict_to_metric(first, second, layers["prc"], **settings)
+    return results
 
-    torch-fidelity names a cache entry by input name and extractor name, not by the weights or the images, so the
-    name given here carries a hash of both. Other inputs (samples change from run to run) are never cached.
-    """
-    if cache_dir is None:
-        return {"cache": False}
-    kwargs: dict[str, object] = {"cache": True, "cache_root": str(Path(cache_dir).expanduser())}
-    for slot, dataset in enumerate(inputs, start=1):
-        if isinstance(dataset, DigitsDataset):
-            kwargs[f"input{slot}_cache_name"] = f"taylorseer-digits-{_fingerprint(dataset, weights)}"
-    return kwargs
+
+def _features(
+    dataset: Dataset,
+    what: str,
+    extractor: FeatureExtractorBase,
+    settings: dict[str, object],
+    cache_dir: Path | None,
+    weights: Path,
+) -> dict[str, torch.Tensor]:
+    """The features of ``dataset``: from the cache when it holds them intact, else extracted (and then cached).
+
+    Only the digits dataset is cached: samples change from run to run, and a cache keyed by their content would
+    only grow."""
+    if cache_dir is None or not isinstance(dataset, DigitsDataset):
+        return _extract(dataset, what, extractor, settings)
+    layers = sorted(extractor.get_requested_features_list())
+    key = _cache_key(dataset, extractor.get_name(), layers, weights)
+    path = feature_cache_path(cache_dir, dataset.name, extractor.get_name(), key)
+    cached = _read_cache(path, key, _feature_dims(dataset, extractor, settings), len(dataset))
+    if cached is not None:
+        return cached
+    features = _extract(dataset, what, extractor, settings)
+    _write_cache(path, key, features)
+    return features
 
 
-def _fingerprint(dataset: UInt8ImageDataset, weights: Path) -> str:
-    """A hash of the images, the extractor's weights and the conversion version: the identity of cached features."""
-    digest = hashlib.sha256(CACHE_VERSION.encode())
+def _extract(
+    dataset: Dataset, what: str, extractor: FeatureExtractorBase, settings: dict[str, object]
+) -> dict[str, torch.Tensor]:
+    """torch-fidelity's feature extraction; a damaged image file ends in one message naming it (and any others)."""
+    try:
+        return get_featuresdict_from_dataset(
+            dataset,
+            extractor,
+            settings["batch_size"],
+            settings["cuda"],
+            settings["save_cpu_ram"],
+            settings["verbose"],
+        )
+    except DamagedImageError:
+        # Raised in a DataLoader worker, the error arrives with the worker's traceback as its message: find the
+        # files again here (a full decode of each) and name them all, so one rerun fixes everything.
+        damaged = dataset.damaged_files() if isinstance(dataset, ImageFolderDataset) else {}
+        if not damaged:
+            raise DamagedImageError(
+                f"{what}: an image could not be read while extracting features; check the files"
+            ) from None
+        raise DamagedImageError(damaged_message(what, damaged)) from None
+
+
+def feature_cache_path(cache_dir: str | Path, input_name: str, extractor_name: str, key: str) -> Path:
+    """Where the features of one input live in ``cache_dir``: the key (a hash of the images, the extractor, its
+    layers and weights) in the name, so that another input or other weights never find this file."""
+    return Path(cache_dir) / f"taylorseer-{input_name}-{extractor_name}-{key[:16]}{CACHE_SUFFIX}"
+
+
+def _cache_key(dataset: UInt8ImageDataset, extractor_name: str, layers: list[str], weights: Path) -> str:
+    """A hash of everything the cached features depend on: format version, extractor and its layers, the images and
+    the extractor's weights."""
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, extractor_name, layers]).encode())
     digest.update(dataset.images.numpy().tobytes())
     with open(weights, "rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def _feature_dims(dataset: Dataset, extractor: FeatureExtractorBase, settings: dict[str, object]) -> dict[str, int]:
+    """Each layer's feature width, from one image: what a cached tensor's shape must match."""
+    image = dataset[0][None]
+    with torch.no_grad():
+        features = extractor(image.cuda() if settings["cuda"] else image)
+    return {name: tensor.shape[1] for name, tensor in extractor.convert_features_tuple_to_dict(features).items()}
+
+
+def _tensor_sha256(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _read_cache(path: Path, key: str, dims: dict[str, int], count: int) -> dict[str, torch.Tensor] | None:
+    """The features stored at ``path`` if they are intact and are the ones asked for, else None (a warning says why
+    when a file was there). safetensors holds raw tensors and a JSON header, so reading a planted file cannot run
+    code; the checksums catch a damaged or edited one."""
+    if path.is_dir():
+        raise ValueError(f"feature cache {path} is a folder: move it away or choose another --cache-dir")
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+            stored = set(file.keys())
+            features = {name: file.get_tensor(name) for name in dims if name in stored}
+    except (OSError, SafetensorError, ValueError) as exc:
+        problem = f"is not a readable safetensors file ({' '.join(str(exc).split())})"
+    else:
+        problem = _cache_problem(metadata, features, key, dims, count)
+    if problem is None:
+        return features
+    warn(f"feature cache {path} {problem}: extracting the features again and replacing it")
+    return None
+
+
+def _cache_problem(
+    metadata: dict[str, str], features: dict[str, torch.Tensor], key: str, dims: dict[str, int], count: int
+) -> str | None:
+    """Why cached features cannot be used, or None."""
+    if metadata.get("format") != CACHE_VERSION or metadata.get("key") != key:
+        return "was written for other images, weights or settings"
+    for name, width in dims.items():
+        tensor = features.get(name)
+        if tensor is None:
+            return f"lacks the features of layer {name}"
+        if tensor.dtype != torch.float32 or tuple(tensor.shape) != (count, width):
+            return f"holds {tensor.dtype} {tuple(tensor.shape)} for layer {name}, expected float32 {(count, width)}"
+        if metadata.get(f"sha256:{name}") != _tensor_sha256(tensor):
+            return f"fails the checksum of layer {name} (damaged or edited)"
+    return None
+
+
+def _write_cache(path: Path, key: str, features: dict[str, torch.Tensor]) -> None:
+    """Write the features to a temporary file beside ``path`` and rename it: a killed run leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: tensor.float().contiguous() for name, tensor in features.items()}
+    metadata = {"format": CACHE_VERSION, "key": key, **{f"sha256:{n}": _tensor_sha256(t) for n, t in tensors.items()}}
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(temporary), metadata=metadata)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _cuda_device(device: torch.device) -> contextlib.AbstractContextManager:

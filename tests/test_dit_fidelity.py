@@ -14,7 +14,10 @@ import pytest
 import torch
 import torch_fidelity
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from threadpoolctl import threadpool_limits
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from common import report
@@ -171,7 +174,7 @@ def test_unreadable_sources_are_readable_errors(tmp_path):
     cases = {
         tmp_path / "empty": "no PNG/JPG/JPEG images",
         tmp_path / "mixed": "images of two sizes",
-        tmp_path / "broken": "cannot read image",
+        tmp_path / "broken": "damaged image file",
         tmp_path / "corrupt.npz": "could not be read as an .npz",
         tmp_path / "other.npz": "no 'arr_0' array",
         tmp_path / "float.npz": "must be uint8",
@@ -192,10 +195,113 @@ def test_digits_reference_is_cached_only_in_the_given_folder(halves, tmp_path, m
     assert not (tmp_path / "torch_home").exists()
     cache = tmp_path / "cache"
     first = digits_metrics(halves[0], cache_dir=cache)
-    names = sorted(p.name for p in cache.iterdir())
-    assert names and all(n.startswith("taylorseer-digits-") and DIGITS_EXTRACTOR_NAME in n for n in names)
+    (entry,) = cache.iterdir()  # one file for the digits reference; the samples are never cached
+    assert entry.name.startswith(f"taylorseer-digits-{DIGITS_EXTRACTOR_NAME}-") and entry.suffix == ".safetensors"
+    written = entry.stat().st_mtime_ns
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("the cached reference was extracted again")
+
+    extract = fidelity.get_featuresdict_from_dataset
+    monkeypatch.setattr(fidelity, "get_featuresdict_from_dataset", no_extraction)
+    assert digits_metrics("digits", "digits", cache_dir=cache)["fid"] == pytest.approx(0, abs=1e-3)
+    monkeypatch.setattr(fidelity, "get_featuresdict_from_dataset", extract)
     assert digits_metrics(halves[0], cache_dir=cache) == first == uncached
-    assert sorted(p.name for p in cache.iterdir()) == names  # read back, nothing new written
+    assert list(cache.iterdir()) == [entry] and entry.stat().st_mtime_ns == written  # read back, nothing rewritten
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_our_pipeline_gives_torch_fidelity_calculate_metrics_exactly(halves):
+    """compute_metrics runs torch-fidelity's extraction and metric functions itself (so that its pickle cache is
+    never reached): the numbers must be those of torch-fidelity's own entry point."""
+    samples, reference = halves[0][:300], halves[1][:400]
+    ours = digits_metrics(samples, reference, metrics=ALL_METRICS, kid_subset_size=FAST_KID)
+    theirs = torch_fidelity.calculate_metrics(
+        input1=fidelity.UInt8ImageDataset(samples), input2=fidelity.UInt8ImageDataset(reference), fid=True, isc=True,
+        kid=True, prc=True, feature_extractor=DIGITS_EXTRACTOR_NAME, batch_size=64, isc_splits=10,
+        kid_subset_size=FAST_KID, prc_neighborhood=3, cache=False, cuda=False, verbose=False,
+        feature_extractor_weights_path=str(fidelity.CLASSIFIER_PATH),
+    )  # fmt: skip
+    assert ours == {name: float(theirs[key]) for key, name in fidelity.RESULT_KEYS.items()}
+
+
+def safe_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as file:
+        return file.metadata()
+
+
+class PlantedPayload:
+    """Unpickling it creates ``marker``: what a hostile file in a cache folder could do with weights_only=False."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_planted_pickles_in_the_cache_folder_never_run(halves, tmp_path, monkeypatch, capsys):
+    uncached = digits_metrics(halves[0])
+    honest = tmp_path / "honest"
+    digits_metrics(halves[0], cache_dir=honest)
+    names = sorted(p.name for p in honest.iterdir())
+    # Every name a cache run writes, and the names torch-fidelity's own cache would look for.
+    names += [f"digits-{DIGITS_EXTRACTOR_NAME}-features-128.pt", f"digits-{DIGITS_EXTRACTOR_NAME}-stat-fid-128.pt"]
+    planted, marker = tmp_path / "planted", tmp_path / "code-ran"
+    planted.mkdir()
+    for name in names:
+        torch.save(PlantedPayload(marker), planted / name)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: loads.append(args) or real_load(*args, **kwargs))
+    capsys.readouterr()
+
+    assert digits_metrics(halves[0], cache_dir=planted) == uncached
+    assert not marker.exists() and loads == []
+    err = capsys.readouterr().err
+    assert err.count("is not a readable safetensors file") == 1 and "extracting the features again" in err
+    # The planted file at our name was replaced by intact features, which the next run reads without a warning.
+    assert digits_metrics(halves[0], cache_dir=planted) == uncached
+    assert capsys.readouterr().err == "" and not marker.exists()
+
+
+def test_damaged_cache_files_are_replaced_with_one_warning(halves, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    expected = digits_metrics(halves[0], cache_dir=cache)
+    (entry,) = cache.iterdir()
+    intact = entry.read_bytes()
+
+    stored = {name: tensor.clone() for name, tensor in load_file(entry).items()}  # not a view of the file
+    metadata = safe_metadata(entry)
+    edited = {**stored, "128": stored["128"] * 1.5}
+    cases = {
+        "fails the checksum of layer 128": lambda: entry.write_bytes(
+            intact[:-4] + bytes(b ^ 0xFF for b in intact[-4:])
+        ),
+        "is not a readable safetensors file": lambda: entry.write_bytes(intact[: len(intact) // 2]),
+        "holds torch.float32 (10, 128) for layer 128": lambda: save_file(
+            {"128": stored["128"][:10].contiguous()}, entry, metadata
+        ),
+        "was written for other images, weights or settings": lambda: save_file(
+            stored, entry, {**metadata, "key": "0" * 64}
+        ),
+        "fails the checksum of layer 128 (damaged or edited)": lambda: save_file(edited, entry, metadata),
+    }
+    for problem, damage in cases.items():
+        damage()
+        capsys.readouterr()
+        assert digits_metrics(halves[0], cache_dir=cache) == expected, problem
+        err = capsys.readouterr().err
+        assert err.count("warning:") == 1 and problem in err and str(entry) in err, err
+        # Replaced by the intact features (safetensors orders its header at random: compare the content).
+        replaced = load_file(entry)
+        assert replaced.keys() == stored.keys() and torch.equal(replaced["128"], stored["128"]), problem
+        assert safe_metadata(entry) == metadata, problem
+
+    entry.unlink()
+    entry.mkdir()
+    with pytest.raises(ValueError, match="is a folder: move it away or choose another --cache-dir"):
+        digits_metrics(halves[0], cache_dir=cache)
 
 
 def test_inception_without_weights_names_the_url_and_env_var(digits, tmp_path, monkeypatch):
@@ -207,6 +313,7 @@ def test_inception_without_weights_names_the_url_and_env_var(digits, tmp_path, m
         raise AssertionError("torch-fidelity was reached: it would have downloaded the weights")
 
     monkeypatch.setattr(torch_fidelity, "calculate_metrics", no_download)
+    monkeypatch.setattr(fidelity, "create_feature_extractor", no_download)
     monkeypatch.setattr("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", no_download)
     with pytest.raises(CheckpointError) as info:
         compute_metrics(digits[:8], digits[8:16], metrics=["fid"])
@@ -215,21 +322,35 @@ def test_inception_without_weights_names_the_url_and_env_var(digits, tmp_path, m
     assert not (tmp_path / "torch_home").exists()
 
 
+class FakeInception(FeatureExtractorBase):
+    """Stands in for InceptionV3 (whose weights are a download): 8 pixels of each image as its "2048" features."""
+
+    def __init__(self, name, features_list, **kwargs):
+        super().__init__(name, features_list)
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("2048",)
+
+    def forward(self, images):
+        return (images[:, 0].flatten(1)[:, 100:108].float(),)
+
+
 def test_inception_weights_path_reaches_torch_fidelity(digits, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_calculate_metrics(**kwargs):
-        seen.update(kwargs)
-        return {torch_fidelity.KEY_METRIC_FID: 1.5, torch_fidelity.KEY_METRIC_PRECISION: 0.5}
+    def fake_create(name, layers, cuda=True, **kwargs):
+        seen.update(kwargs, name=name, layers=layers, cuda=cuda)
+        return FakeInception(name, layers)
 
-    monkeypatch.setattr(torch_fidelity, "calculate_metrics", fake_calculate_metrics)
+    monkeypatch.setattr(fidelity, "create_feature_extractor", fake_create)
     weights = tmp_path / "inception.pth"
     torch.save({"fc.weight": torch.zeros(1008, 2048)}, weights)
     result = compute_metrics(digits[:8], digits[8:16], metrics=["fid", "prc"], inception_weights=weights)
-    assert result == {"fid": 1.5, "precision": 0.5}
-    assert seen["feature_extractor"] == "inception-v3-compat"  # also for prc, whose own default would be VGG16
-    assert seen["feature_extractor_weights_path"] == str(weights)
-    assert seen["cache"] is False and seen["cuda"] is False
+    assert set(result) == {"fid", "precision", "recall", "f_score"} and result["fid"] > 0
+    assert seen["name"] == "inception-v3-compat"  # also for prc, whose own default would be VGG16
+    assert seen["layers"] == ["2048"] and seen["feature_extractor_weights_path"] == str(weights)
+    assert seen["cuda"] is False and "cache" not in seen
     torch.save({"fc.weight": torch.zeros(10, 128)}, weights)
     with pytest.raises(CheckpointError, match="Not torch-fidelity's InceptionV3 weights"):
         compute_metrics(digits[:8], digits[8:16], metrics=["fid"], inception_weights=weights)
@@ -268,9 +389,9 @@ def test_dit_uses_the_shared_light_report_helpers():
 
 def test_cuda_without_a_gpu_is_a_value_error(digits, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="device 'cuda:1' was asked for, but torch sees no CUDA GPU"):
+    with pytest.raises(ValueError, match="cuda:1: no CUDA GPU is visible on this machine; use --device cpu"):
         compute_metrics(digits[:8], digits[8:16], metrics=["fid"], device="cuda:1")
-    with pytest.raises(ValueError, match="CPU or a CUDA GPU, not on 'meta'"):
+    with pytest.raises(ValueError, match="unsupported device type 'meta'"):
         compute_metrics(digits[:8], digits[8:16], metrics=["fid"], device="meta")
 
 
