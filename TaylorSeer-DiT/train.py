@@ -159,14 +159,17 @@ def read_loss_log(log_path: Path) -> list[tuple[int, float, str]]:
     A missing log has no rows; a file that is not a loss log is a UsageError."""
     if not log_path.exists():
         return []
-    *complete, cut = log_path.read_text().split("\n")
+    *complete, cut = log_path.read_text(errors="replace").split("\n")  # a binary file fails the header check
     if cut:
         warn(f"{log_path}: dropped the cut last row {cut!r}, left by a killed write")
     if not complete:
         return []
     header, *lines = complete
     if header + "\n" != LOG_HEADER:
-        raise UsageError(f"{log_path} is not a train.py loss log (header {header!r}): move it away or use --resume")
+        raise UsageError(
+            f"{log_path} is not a train.py loss log (header {header!r}): move it out of --results-dir, and the "
+            "resumed run starts a new log"
+        )
     return [_parse_log_line(log_path, number, line) for number, line in enumerate(lines, start=2)]
 
 
@@ -184,7 +187,12 @@ def truncate_loss_log(log_path: Path, step: int) -> int:
     """Keep the rows of ``log_path`` up to ``step`` (the resumed checkpoint's): a run stopped after logging rows past
     its last checkpoint would log those steps again. Returns the number of rows kept; writes a bare header if the log
     is missing."""
-    kept = [line + "\n" for row_step, _, line in read_loss_log(log_path) if row_step <= step]
+    return keep_log_rows(log_path, read_loss_log(log_path), step)
+
+
+def keep_log_rows(log_path: Path, rows: list[tuple[int, float, str]], step: int) -> int:
+    """Write ``rows`` (from :func:`read_loss_log`) up to ``step`` to ``log_path``; returns how many were kept."""
+    kept = [line + "\n" for row_step, _, line in rows if row_step <= step]
     atomic_write(log_path, lambda temp: temp.write_text(LOG_HEADER + "".join(kept)))
     return len(kept)
 
@@ -227,8 +235,17 @@ def check_fresh_folder(results: Path) -> None:
         warn(f"replacing {results / LOG_NAME}: its run stopped before its first checkpoint")
 
 
-def read_resume_state(args: argparse.Namespace, results: Path) -> dict[str, Any]:
-    """The checkpoint to continue from, checked against the flags before anything is written."""
+@dataclass
+class Resume:
+    """What a resumed run continues: the checkpoint, and the rows of the loss log (read before anything is written,
+    so that a log that is not one is refused up front)."""
+
+    state: dict[str, Any]
+    log_rows: list[tuple[int, float, str]]
+
+
+def read_resume_point(args: argparse.Namespace, results: Path) -> Resume:
+    """The checkpoint to continue from, checked against the flags, and its loss log."""
     path = results / CHECKPOINT_NAME
     if not path.is_file():
         raise UsageError(f"--resume: {path} does not exist; run without --resume to start a new run")
@@ -246,7 +263,7 @@ def read_resume_state(args: argparse.Namespace, results: Path) -> dict[str, Any]
         raise UsageError(
             f"--steps {args.steps} is below the step of {path} ({state['step']}): pass --steps {state['step']} or more"
         )
-    return state
+    return Resume(state, read_loss_log(results / LOG_NAME))
 
 
 def check_resume_settings(args: argparse.Namespace, saved: argparse.Namespace, path: Path) -> None:
@@ -270,15 +287,15 @@ def check_resume_settings(args: argparse.Namespace, saved: argparse.Namespace, p
         )
 
 
-def check_args(args: argparse.Namespace) -> tuple[torch.device, dict[str, Any] | None]:
-    """Every check that can fail, before anything is written: (the device, the checkpoint to resume or None)."""
+def check_args(args: argparse.Namespace) -> tuple[torch.device, Resume | None]:
+    """Every check that can fail, before anything is written: (the device, what to resume or None)."""
     device = parse_device(args.device)
     check_image_size(args)
     results = check_output_folder(args.results_dir, "--results-dir")
     if args.export is not None:
         export_paths(args.export)
     if args.resume:
-        return device, read_resume_state(args, results)
+        return device, read_resume_point(args, results)
     check_fresh_folder(results)
     return device, None
 
@@ -366,17 +383,17 @@ def write_export(args: argparse.Namespace, ema: DiT) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    device, state = check_args(args)
+    device, resume = check_args(args)
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(results)  # a checkpoint or log write cut short by a kill
     trainer = build_trainer(args, device)
     log_path = results / LOG_NAME
     start = 0
-    if state is not None:
-        trainer.load(state)
-        start = state["step"]
-        truncate_loss_log(log_path, start)
+    if resume is not None:
+        trainer.load(resume.state)
+        start = resume.state["step"]
+        keep_log_rows(log_path, resume.log_rows, start)
     else:
         atomic_write(log_path, lambda temp: temp.write_text(LOG_HEADER))
     millions = sum(p.numel() for p in trainer.model.parameters()) / 1e6

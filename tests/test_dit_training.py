@@ -111,6 +111,19 @@ def test_killed_run_resumes_to_the_bytes_of_an_uninterrupted_run(tmp_path, monke
     assert (killed / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_resume_on_another_device_type_warns(tmp_path, capsys):
+    """The weights continue, but the random numbers of another device differ from those an uninterrupted run draws."""
+    results = tmp_path / "run"
+    train.cli(train_argv(results, "--steps", "2"))
+    state = read_checkpoint_file(results / "last.pt")
+    state["args"].device = "cuda:0"
+    torch.save(state, results / "last.pt")
+    capsys.readouterr()
+    train.cli(train_argv(results, "--steps", "3", "--resume"))
+    assert "warning: --device cpu: the checkpoint trained on cuda:0;" in capsys.readouterr().err
+    assert read_checkpoint_file(results / "last.pt")["step"] == 3
+
+
 def test_resume_drops_the_log_rows_after_the_checkpoint(tmp_path):
     """A run stopped after logging step 6 but before its checkpoint at 8 resumes from 4: the log keeps rows up to 4
     and the resumed run logs 6 once."""
