@@ -124,6 +124,16 @@ def test_resume_on_another_device_type_warns(tmp_path, capsys):
     assert read_checkpoint_file(results / "last.pt")["step"] == 3
 
 
+def test_new_run_replaces_the_log_of_a_run_without_checkpoint(tmp_path, capsys):
+    """Rows logged before a first checkpoint cannot be continued: a new run replaces them, and says so."""
+    results = tmp_path / "run"
+    results.mkdir()
+    (results / "loss.csv").write_text("step,loss,seconds\n1,0.9,0.1\n")
+    train.cli(train_argv(results, "--steps", "1", "--log-every", "5"))
+    assert "warning: replacing" in capsys.readouterr().err
+    assert (results / "loss.csv").read_text() == "step,loss,seconds\n"
+
+
 def test_resume_drops_the_log_rows_after_the_checkpoint(tmp_path):
     """A run stopped after logging step 6 but before its checkpoint at 8 resumes from 4: the log keeps rows up to 4
     and the resumed run logs 6 once."""
