@@ -92,10 +92,18 @@ def accuracy(model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor)
 
 
 def load_classifier(path: str | Path = CLASSIFIER_PATH) -> DigitClassifier:
-    """The shipped classifier (``python TaylorSeer-DiT/train_classifier.py`` rebuilds it)."""
+    """The shipped classifier (``python TaylorSeer-DiT/train_classifier.py --output
+    TaylorSeer-DiT/assets/digits_classifier.safetensors --overwrite`` rebuilds it)."""
     from common.checkpoint import load_state_dict_checked, read_state_dict, require_path
 
-    path = require_path(path, "digits classifier", "Rebuild it with `python TaylorSeer-DiT/train_classifier.py`.")
+    path = require_path(
+        path,
+        "digits classifier",
+        (
+            "Rebuild it with `python TaylorSeer-DiT/train_classifier.py "
+            "--output TaylorSeer-DiT/assets/digits_classifier.safetensors --overwrite`."
+        ),
+    )
     model = DigitClassifier()
     load_state_dict_checked(model, read_state_dict(path), source=str(path))
     return model.eval()
