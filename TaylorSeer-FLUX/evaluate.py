@@ -24,7 +24,8 @@ null while the others run:
   ``bert-base-uncased`` tokenizer in the Hugging Face cache.
 
 Writes the metrics as JSON (per image and averaged) and the table as markdown next to it, and prints the table.
-Bad input (a missing folder, no pairs, a size mismatch, disagreeing prompts) ends in one ``error:`` line, exit code 2.
+Bad input (a missing folder, no pairs, a size mismatch, an image that does not decode, disagreeing prompts, an
+output path that cannot be written) ends in one ``error:`` line, exit code 2, before any metric runs.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import contextlib
 import importlib
 import json
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +45,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from common.checkpoint import CheckpointError, read_state_dict, truncated_list
-from common.cli import HelpFormatter, UsageError, existing_dir, warn
+from common.cli import HelpFormatter, UsageError, check_output_file, existing_dir, int_range, run_cli, warn
 from common.quality_metrics import (
     CLIP_MODEL_ENV,
     LPIPS_NETS,
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--num-images-per-prompt",
-        type=int,
+        type=int_range(1),
         default=1,
         help="images per line of --prompt-file, as sample.py's flag of the same name numbered them",
     )
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"torchvision backbone weights for LPIPS (default: ${LPIPS_WEIGHTS_ENV}, else pretrained_models/)",
     )
     parser.add_argument("--lpips-net", choices=list(LPIPS_NETS), default="alex", help="LPIPS backbone")
-    parser.add_argument("--batch-size", type=int, default=8, help="image pairs per metric batch")
+    parser.add_argument("--batch-size", type=int_range(1), default=8, help="image pairs per metric batch")
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:i] for the metrics"
     )
@@ -148,25 +148,46 @@ def read_prompt_file(path: str | Path, num_images_per_prompt: int = 1) -> dict[s
         raise UsageError(f"--num-images-per-prompt must be >= 1, got {num_images_per_prompt}")
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UsageError(f"prompt file not found: {path.absolute()}")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        raise UsageError(
+            f"--prompt-file {path.absolute()} not found (or not a file): pass a text file, one prompt a line"
+        )
+    prompts = [line.strip() for line in read_text(path, "--prompt-file").splitlines() if line.strip()]
+    if not prompts:
+        raise UsageError(f"--prompt-file {path.absolute()} holds no prompts: write one prompt per line")
     n = num_images_per_prompt
     return {image_name(i * n + j): prompt for i, prompt in enumerate(prompts) for j in range(n)}
+
+
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file's content; a file that is not UTF-8 or cannot be read is a :class:`UsageError` naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{what} {path.absolute()} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"{what} {path.absolute()} cannot be read ({exc.strerror}): check its permissions") from None
 
 
 def read_metadata(path: Path) -> dict[str, tuple[str, object]]:
     """``metadata.jsonl``: one JSON object per line with at least ``index`` and ``prompt`` (``file`` and ``seed`` when
     ``sample.py`` wrote it); returns file name -> (prompt, seed or None)."""
     entries: dict[str, tuple[str, object]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "records file").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UsageError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+            raise UsageError(
+                f"{path}:{number}: not JSON ({exc.msg}); fix or delete that line, or pass --prompt-file"
+            ) from exc
         if not isinstance(entry, dict) or not isinstance(entry.get("index"), int) or "prompt" not in entry:
-            raise UsageError(f"{path}:{number}: expected an object with an integer 'index' and a 'prompt'")
+            raise UsageError(
+                f"{path}:{number}: expected an object with an integer 'index' and a 'prompt'; fix or delete that "
+                "line, or pass --prompt-file"
+            )
         name = str(entry.get("file") or image_name(entry["index"]))
         entries[name] = (str(entry["prompt"]), entry.get("seed"))
     return entries
@@ -196,18 +217,31 @@ def collect_prompts(
     return {name: prompt for name, (prompt, _, _) in first.items()}, ", ".join(map(str, sources))
 
 
+def unreadable_image(path: Path, exc: Exception) -> UsageError:
+    return UsageError(
+        f"cannot read image {path}: {exc}; it is damaged (a killed run?): rerun sample.py into its folder, which "
+        "sets damaged PNGs aside and makes them again, or move the file out of the folder"
+    )
+
+
 def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, decoded completely: a truncated file fails here, naming it, before any
+    metric runs."""
     try:
         with Image.open(path) as image:
+            image.load()
             return image.size
-    except OSError as exc:
-        raise UsageError(f"cannot read image {path}: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise unreadable_image(path, exc) from None
 
 
 def load_image(path: Path) -> torch.Tensor:
     """An image file as uint8 (3, H, W) RGB."""
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise unreadable_image(path, exc) from None
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
 
 
@@ -422,11 +456,21 @@ def table(record: dict) -> str:
     return markdown_table(["run", "pairs", *(title for _, title, _ in TABLE_COLUMNS)], rows)
 
 
+def check_output(args: argparse.Namespace) -> Path:
+    """The metrics JSON path, checked writable (with its .md beside it) before any metric runs."""
+    output = check_output_file(args.output or default_output(args.candidate_dir[0]), "--output", (".json",))
+    markdown = output.with_suffix(".md")
+    if markdown.is_dir():
+        raise UsageError(f"--output {output}: the table's path {markdown} is a folder; choose another --output")
+    return output
+
+
 def main(args: argparse.Namespace) -> dict:
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    reference_dir = existing_dir(args.reference_dir, "reference")
-    candidate_dirs = [existing_dir(folder, "candidate") for folder in args.candidate_dir]
+    """Check every input and the output path, then score; returns the record written as JSON."""
+    reference_dir = existing_dir(args.reference_dir, "--reference-dir: reference")
+    candidate_dirs = [existing_dir(folder, "--candidate-dir: candidate") for folder in args.candidate_dir]
+    device = resolve_device(args.device)
+    output = check_output(args)
     pairings = []
     for folder in candidate_dirs:
         pairs = pair_files(reference_dir, folder, IMAGE_SUFFIXES)
@@ -444,7 +488,6 @@ def main(args: argparse.Namespace) -> dict:
     prompts, prompt_source = collect_prompts(
         args.prompt_file, [reference_dir, *candidate_dirs], args.num_images_per_prompt
     )
-    device = resolve_device(args.device)
 
     unprompted = sorted(set(paired) - set(prompts or ()))
     clip = image_reward = None
@@ -499,14 +542,15 @@ def main(args: argparse.Namespace) -> dict:
         },
         "candidates": candidates,
     }
-    save_report(args.output or default_output(args.candidate_dir[0]), record, table(record))
+    save_report(output, record, table(record))
     return record
 
 
+def cli(argv: Sequence[str] | None = None) -> dict:
+    """Parse and run; bad input ends in one ``error:`` line and exit code 2 (ValueError included: a size mismatch
+    or a NaN that save_report refuses)."""
+    return run_cli(main, build_parser().parse_args(argv), catch=(ValueError,))
+
+
 if __name__ == "__main__":
-    arguments = build_parser().parse_args()
-    try:
-        main(arguments)
-    except ValueError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        sys.exit(2)
+    cli()

@@ -20,6 +20,7 @@ runs, so the device holds one component at a time (the transformer is the larges
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -175,6 +176,9 @@ class FluxTextToImage:
             raise ValueError(f"need one seed per prompt, got {len(prompts)} prompts and {len(seeds)} seeds")
         if width % IMAGE_MULTIPLE or height % IMAGE_MULTIPLE or width <= 0 or height <= 0:
             raise ValueError(f"width and height must be positive multiples of {IMAGE_MULTIPLE}, got {width}x{height}")
+        if not math.isfinite(guidance):
+            # A NaN guidance embeds NaN into every block: the images would be black, not an error.
+            raise ValueError(f"guidance must be a finite number, got {guidance}")
         start = time.perf_counter()
         txt, txt_ids, vec = self.encode(prompts)
         noise = self.initial_noise(seeds, width, height)

@@ -9,10 +9,14 @@
 
 Image k (k = prompt_index * num_images_per_prompt + j) is drawn from its own seed, --seed + k, so it does not depend
 on the batch size or the number of processes. Each image is written atomically as {output-dir}/{k:05d}.png as soon
-as its batch is done, and {output-dir}/metadata.jsonl records the settings of every index (prompt, seed, size, steps,
-guidance, TaylorSeer config). Rerunning the same command skips the indices whose PNG exists; a rerun whose settings
-differ from the recorded ones for an existing PNG, or that finds a PNG with no record, is refused. Under torchrun
-the pending indices are split across the processes (gloo on CPU, NCCL on CUDA), each writing its own files.
+as its batch is done; {output-dir}/metadata.jsonl records its settings just before (prompt, seed, size, steps,
+guidance, TaylorSeer config, and the weights by content: ``weights_id``) and its SHA-256 just after.
+Rerunning the same command skips the indices whose PNG exists and is intact; a rerun whose settings or weights
+differ from the recorded ones for an existing PNG, or that finds a PNG with no record, is refused. A PNG whose
+content no longer matches its checksum (truncated, replaced), or that does not decode at the run's size, is renamed
+to ``{name}.damaged`` with a warning and made again. A batch whose output is NaN or inf saves nothing and ends the
+run with one message naming the settings to check. Under torchrun the pending indices are split across the
+processes (gloo on CPU, NCCL on CUDA), each writing its own files.
 
 Weights: see taylorseer_flux/weights.py (a local black-forest-labs/FLUX.1-dev folder, or FLUX_DEV / FLUX_SCHNELL /
 AE / FLUX_T5 / FLUX_CLIP); nothing is ever downloaded. The TaylorSeer defaults are the paper's FLUX setting
@@ -34,17 +38,32 @@ from PIL import Image
 from tqdm import tqdm
 
 from common.cli import (
+    MAX_SEED,
     HelpFormatter,
     UsageError,
     add_taylorseer_args,
     check_output_folder,
+    check_schedule_flags,
+    finite_float,
+    int_range,
+    parse_device,
     run_cli,
     taylorseer_config_from_args,
+    warn,
 )
 from common.distributed import Distributed, setup_distributed
 from common.images import save_grid, to_uint8
+from common.integrity import check_finite, set_aside, verify_png
 from common.io import atomic_write, remove_stale_temps
-from common.run_records import RECORDS_FILE, append_records, check_consistent, read_records
+from common.run_records import (
+    CHECKSUM,
+    RECORDS_FILE,
+    append_records,
+    check_consistent,
+    damaged_outputs,
+    read_records,
+    record_written,
+)
 from common.taylor_cache import TaylorSeerConfig, full_step_indices
 from taylorseer_flux.flops import flux_flops_report
 from taylorseer_flux.model import FLUX_PRESETS, FluxParams
@@ -54,6 +73,8 @@ from taylorseer_flux.weights import (
     FLUX_MODELS,
     default_ckpt_dir,
     find_flux_weights,
+    flux_weights_id,
+    flux_weights_paths,
     transformer_params,
 )
 
@@ -75,8 +96,13 @@ REQUIRED_FIELDS = ("index", "file", "prompt", "seed")
 OVERVIEW = Path("overview") / "grid.png"
 OVERVIEW_IMAGES = 16
 OVERVIEW_THUMBNAIL = 256
-# Recorded for information only: moving the weights does not change the images.
+# Recorded for information only: moving the weights does not change the images (their content, weights_id, is compared).
 UNCOMPARED_FIELDS = ("index", "file", "weights")
+# What to check when an output is NaN or inf: the settings that can make it so, then the weights.
+NON_FINITE_SUSPECTS = (
+    "--guidance, --dtype (try --dtype float32) and the weights (--ckpt-dir, or FLUX_DEV / FLUX_SCHNELL / AE / "
+    "FLUX_T5 / FLUX_CLIP): a damaged or mismatched checkpoint makes NaN"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,17 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     size_help = f"in pixels, a multiple of {IMAGE_MULTIPLE} ({PUBLISHED_SIZE_RANGE[0]}..{PUBLISHED_SIZE_RANGE[1]})"
     parser.add_argument("--width", type=int, default=1024, help=f"image width {size_help}")
     parser.add_argument("--height", type=int, default=1024, help=f"image height {size_help}")
-    parser.add_argument("--num-steps", type=int, default=None, help="sampling steps; None = 50 for dev, 4 for schnell")
-    parser.add_argument("--guidance", type=float, default=3.5, help="distilled guidance scale (dev; schnell has none)")
+    parser.add_argument(
+        "--num-steps", type=int_range(1), default=None, help="sampling steps; None = 50 for dev, 4 for schnell"
+    )
+    parser.add_argument(
+        "--guidance", type=finite_float(0), default=3.5, help="distilled guidance scale (dev; schnell has none)"
+    )
     parser.add_argument(
         "--max-sequence-length",
-        type=int,
+        type=int_range(1, T5_MAX_LENGTH),
         default=None,
         help=f"T5 tokens per prompt (at most {T5_MAX_LENGTH}); None = 512 for dev, 256 for schnell",
     )
-    parser.add_argument("--seed", type=int, default=0, help="image k is drawn from seed + k")
-    parser.add_argument("--num-images-per-prompt", type=int, default=1, help="images per prompt, seeds consecutive")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass on each process")
+    parser.add_argument("--seed", type=int_range(0, MAX_SEED), default=0, help="image k is drawn from seed + k")
+    parser.add_argument(
+        "--num-images-per-prompt", type=int_range(1), default=1, help="images per prompt, seeds consecutive"
+    )
+    parser.add_argument("--batch-size", type=int_range(1), default=1, help="images per forward pass on each process")
     parser.add_argument("--output-dir", default="samples/flux", help="folder of the PNGs and metadata.jsonl")
     parser.add_argument(
         "--device", default=None, help="torch device; None = cuda:LOCAL_RANK if CUDA is available, else cpu"
@@ -134,13 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_prompts(path: str | Path) -> list[str]:
-    """The non-blank lines of a UTF-8 prompt file, stripped; :class:`UsageError` if it is not UTF-8 text."""
+    """The non-blank lines of a UTF-8 prompt file, stripped; :class:`UsageError` if it is not readable UTF-8 text."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise UsageError(
             f"--prompt-file {Path(path).absolute()} is not UTF-8 text ({exc.reason} at byte {exc.start}): "
             "save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise UsageError(
+            f"--prompt-file {Path(path).absolute()} cannot be read ({exc.strerror}): check its permissions"
         ) from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -152,13 +188,15 @@ def nearest_multiples(value: int, multiple: int = IMAGE_MULTIPLE) -> str:
 
 
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TaylorSeerConfig:
-    """Fill the model's defaults into unset flags, read the prompts, exit through ``parser.error`` on a bad flag."""
+    """Fill the model's defaults into unset flags, read the prompts, exit through ``parser.error`` on a bad flag.
+    Ranges and finiteness of single flags are argparse's (``type=``); this checks what depends on several."""
     config = taylorseer_config_from_args(args, parser)
     spec = FLUX_MODELS[args.model_name]
     if args.num_steps is None:
         args.num_steps = spec.num_steps
     if args.max_sequence_length is None:
         args.max_sequence_length = spec.max_sequence_length
+    check_schedule_flags(config, args.num_steps, parser)
     for name in ("width", "height"):
         value = getattr(args, name)
         if value <= 0 or value % IMAGE_MULTIPLE:
@@ -166,19 +204,24 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Tay
                 f"--{name} {value} is not a positive multiple of {IMAGE_MULTIPLE} (8x autoencoder, 2x2 patches): "
                 f"use --{name} {nearest_multiples(max(value, 1))}"
             )
-    for flag, value, minimum in (
-        ("--num-steps", args.num_steps, 1),
-        ("--batch-size", args.batch_size, 1),
-        ("--num-images-per-prompt", args.num_images_per_prompt, 1),
-        ("--seed", args.seed, 0),
-        ("--max-sequence-length", args.max_sequence_length, 1),
-    ):
-        if value < minimum:
-            parser.error(f"{flag} must be >= {minimum}, got {value}")
-    if args.max_sequence_length > T5_MAX_LENGTH:
-        parser.error(f"--max-sequence-length must be <= {T5_MAX_LENGTH}, got {args.max_sequence_length}")
     args.prompts = _prompts(args, parser)
+    _check_last_seed(args, parser)
+    if not args.test_FLOPs:
+        try:
+            parse_device(args.device)  # before any weights are read: a device this machine lacks is a typo
+        except UsageError as err:
+            parser.error(str(err))
     return config
+
+
+def _check_last_seed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Image k is drawn from --seed + k: the last one must still be a seed the generators take."""
+    count = len(args.prompts) * args.num_images_per_prompt
+    if args.seed + count - 1 > MAX_SEED:
+        parser.error(
+            f"--seed {args.seed}: the last of the {count} images would be drawn from seed {args.seed + count - 1}, "
+            f"past the largest seed {MAX_SEED}; use --seed <= {MAX_SEED - count + 1}"
+        )
 
 
 def _prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
@@ -302,10 +345,62 @@ def read_metadata(folder: Path) -> dict[str, dict]:
     return read_records(folder / METADATA, REQUIRED_FIELDS)
 
 
+def damaged_pngs(folder: Path, existing: dict[str, dict], planned: dict[str, dict], size: tuple[int, int]) -> dict:
+    """Name -> reason for the planned PNGs in ``folder`` that cannot be adopted: content differing from the recorded
+    checksum, or (no checksum yet: killed between writing and recording) not decoding at ``size``."""
+    return damaged_outputs(folder, existing, planned, verify=lambda path: verify_png(path, size))
+
+
+def set_aside_damaged(folder: Path, damaged: dict[str, str]) -> None:
+    """Rename every damaged PNG to ``{name}.damaged`` (never deleted: the user may want to look at it), with a warning,
+    so that this run makes it again."""
+    for name, reason in sorted(damaged.items()):
+        moved = set_aside(folder / name)
+        warn(f"{folder / name} {reason}: moved to {moved.name}, making it again")
+
+
+def record_adopted_checksums(
+    folder: Path, existing: dict[str, dict], planned: dict[str, dict], pending: set[str]
+) -> None:
+    """Record the checksum of every adopted PNG that has none (a run killed between writing and recording it), so
+    that the folder's records end as an uninterrupted run's would."""
+    for name, record in planned.items():
+        if name not in pending and (folder / name).exists() and CHECKSUM not in existing.get(name, {}):
+            record_written(folder / METADATA, record, folder / name)
+
+
+def check_batch_finite(result: FluxImages, batch: list[ImageJob]) -> None:
+    """A NaN or inf anywhere in a batch's latents or images ends the run before any of its PNGs is saved."""
+    names = ", ".join(png_path(Path(), job.index).name for job in batch)
+    check_finite(result.latents, f"The final latents of {names}", NON_FINITE_SUSPECTS)
+    check_finite(result.images, f"The decoded image of {names}", NON_FINITE_SUSPECTS)
+
+
 def save_png(image: torch.Tensor, path: Path) -> None:
     """(3, H, W) in [-1, 1] -> an RGB PNG, written atomically."""
     array = to_uint8(image[None])[0].permute(1, 2, 0).numpy()
     atomic_write(path, lambda temp: Image.fromarray(array).save(temp, format="PNG"))
+
+
+@dataclass(frozen=True)
+class ImageWriter:
+    """Writes each image of a run with its record: the settings first (so that a PNG whose run was killed before its
+    checksum is recorded still has known settings), then the PNG, atomically, then the record with its SHA-256."""
+
+    folder: Path
+    existing: dict[str, dict]
+    """The records the run found (a settings record without checksum that is already there is not written again)."""
+    planned: dict[str, dict]
+
+    def write(self, job: ImageJob, image: torch.Tensor) -> Path:
+        path = png_path(self.folder, job.index)
+        record = self.planned[path.name]
+        self.folder.mkdir(parents=True, exist_ok=True)  # only now: a run refused or failed before creates nothing
+        if self.existing.get(path.name) != record:  # none yet, or one with the checksum of a file set aside
+            append_records(self.folder / METADATA, {}, {path.name: record})
+        save_png(image, path)
+        record_written(self.folder / METADATA, record, path)
+        return path
 
 
 @dataclass
@@ -325,27 +420,29 @@ class RankStats:
 
 
 def generate(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distributed) -> dict:
-    """Check everything cheap first (weights present, sizes, output folder), then load and sample this rank's share."""
+    """Check everything cheap first (output folder, weights present, sizes, the records of existing PNGs), then load
+    and sample this rank's share."""
+    folder = check_output_folder(args.output_dir, "--output-dir")
     weights = find_flux_weights(args.model_name, args.ckpt_dir)
     params = transformer_params(weights.transformer, args.model_name)
     check_image_size(args.width, args.height, params)
     dtype = resolve_dtype(args.dtype, setup.device)
-    folder = Path(args.output_dir)
 
     settings = run_settings(args, config, params, dtype, setup.device)
-    settings["weights"] = {"transformer": str(weights.transformer), "autoencoder": str(weights.autoencoder)}
+    settings["weights_id"] = flux_weights_id(weights)
+    settings["weights"] = flux_weights_paths(weights)
     jobs = plan_images(args.prompts, args.num_images_per_prompt, args.seed)
     planned = {png_path(Path(), job.index).name: image_record(job, settings) for job in jobs}
-    check_output_folder(folder, "--output-dir")
     existing = read_metadata(folder)
     check_consistent(folder, existing, planned, uncompared=UNCOMPARED_FIELDS)
-    pending = [job for job in jobs if not png_path(folder, job.index).exists()]
-    folder.mkdir(parents=True, exist_ok=True)
     if setup.rank == 0:
         remove_stale_temps(folder)
+        set_aside_damaged(folder, damaged_pngs(folder, existing, planned, (args.width, args.height)))
+    setup.barrier()  # damaged PNGs are out of the way before any process lists what exists
+    pending = [job for job in jobs if not png_path(folder, job.index).exists()]
     setup.barrier()  # every process has listed the existing PNGs before any new one is written
     if setup.rank == 0:
-        append_records(folder / METADATA, existing, planned)
+        record_adopted_checksums(folder, existing, planned, {png_path(Path(), job.index).name for job in pending})
 
     # Global batches of consecutive pending indices, dealt round-robin: the same batches whatever the process count.
     batches = [pending[i : i + args.batch_size] for i in range(0, len(pending), args.batch_size)]
@@ -361,7 +458,8 @@ def generate(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distribu
             offload=args.offload,
             max_sequence_length=args.max_sequence_length,
         )
-        sample_batches(pipe, mine, args, None if config.is_uncached else config, folder, stats, setup.rank == 0)
+        writer = ImageWriter(folder, existing, planned)
+        sample_batches(pipe, mine, args, None if config.is_uncached else config, writer, stats, setup.rank == 0)
     setup.barrier()
     all_stats = [stats]
     if setup.initialized:
@@ -377,10 +475,11 @@ def sample_batches(
     batches: list[list[ImageJob]],
     args: argparse.Namespace,
     config: TaylorSeerConfig | None,
-    folder: Path,
+    writer: ImageWriter,
     stats: RankStats,
     show_progress: bool,
 ) -> None:
+    """Sample each batch, check that it is finite, then write its PNGs."""
     with tqdm(total=sum(map(len, batches)), desc="images", unit="img", disable=not show_progress) as bar:
         for batch in batches:
             result = pipe(
@@ -393,11 +492,8 @@ def sample_batches(
                 config=config,
                 progress=show_progress,
             )
-            files = []
-            for job, image in zip(batch, result.images, strict=True):
-                path = png_path(folder, job.index)
-                save_png(image, path)
-                files.append(path.name)
+            check_batch_finite(result, batch)
+            files = [writer.write(job, image).name for job, image in zip(batch, result.images, strict=True)]
             stats.add(result, files)
             bar.update(len(batch))
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from common.checkpoint import CheckpointError, read_json_object
+from common.integrity import weights_fingerprint
 from taylorseer_flux.autoencoder import load_autoencoder
 from taylorseer_flux.diffusers_format import flux_params_from_diffusers_config
 from taylorseer_flux.model import FLUX_PRESETS, Flux, FluxParams, load_flux
@@ -54,6 +55,8 @@ __all__ = [
     "FluxComponents",
     "default_ckpt_dir",
     "find_flux_weights",
+    "flux_weights_id",
+    "flux_weights_paths",
     "transformer_params",
     "load_transformer",
     "load_flux_components",
@@ -270,6 +273,26 @@ def find_flux_weights(
     if missing:
         raise CheckpointError(_missing_message(spec, folder, missing))
     return FluxWeights(**found)
+
+
+def flux_weights_paths(weights: FluxWeights) -> dict[str, str]:
+    """Where each component was found, for the records: information only (moving the weights changes nothing)."""
+    return {
+        "transformer": str(weights.transformer),
+        "autoencoder": str(weights.autoencoder),
+        "t5": str(weights.t5.model),
+        "t5_tokenizer": str(weights.t5.tokenizer),
+        "clip": str(weights.clip.model),
+        "clip_tokenizer": str(weights.clip.tokenizer),
+    }
+
+
+def flux_weights_id(weights: FluxWeights) -> str:
+    """The content identity of all four components and their tokenizers
+    (:func:`~common.integrity.weights_fingerprint`: sizes and sampled chunks, a few MB read whatever the model size):
+    images made from other weights get another id, moved or copied weights keep theirs."""
+    paths = list(dict.fromkeys(Path(path) for path in flux_weights_paths(weights).values()))
+    return weights_fingerprint(paths)
 
 
 def _missing_message(spec: FluxModelSpec, folder: Path, missing: list[str]) -> str:

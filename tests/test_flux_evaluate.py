@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_testing import assert_refused
 from PIL import Image
 from test_quality_metrics import save_random_lpips_weights
 from tiny_text_models import save_tiny_clip_model
@@ -249,7 +250,7 @@ def test_num_images_per_prompt_maps_image_k_to_line_k_over_n(runs, models, tmp_p
     err = capsys.readouterr().err
     assert "no prompt for 00002.png, 00003.png" in err and "--num-images-per-prompt" in err
     with pytest.raises(evaluate.UsageError, match="--num-images-per-prompt must be >= 1, got 0"):
-        run_main(*args, "--num-images-per-prompt", "0")
+        evaluate.read_prompt_file(prompt_file, 0)
 
 
 def test_no_pairs_is_one_error_line_with_exit_code_2(runs, tmp_path, monkeypatch, capsys):
@@ -266,7 +267,7 @@ def test_missing_folder_and_size_mismatch_are_errors(runs, tmp_path, monkeypatch
     code, err = run_script(
         monkeypatch, capsys, "--reference-dir", str(tmp_path / "nope"), "--candidate-dir", str(runs["shifted"])
     )
-    assert code == 2 and err.startswith("error: reference folder not found") and err.count("\n") == 1
+    assert code == 2 and err.startswith("error: --reference-dir: reference folder not found") and err.count("\n") == 1
     Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(runs["shifted"] / "00001.png")
     code, err = run_script(
         monkeypatch, capsys, "--reference-dir", str(runs["reference"]), "--candidate-dir", str(runs["shifted"])
@@ -304,3 +305,35 @@ def test_without_prompts_text_metrics_are_null(runs, models, tmp_path, capsys):
     assert record["candidates"][0]["clip_score"] is None and record["prompts"] is None
     assert record["candidates"][0]["psnr"] > 0
     assert "no --prompt-file and no metadata.jsonl" in capsys.readouterr().err
+
+
+def test_truncated_image_is_one_error_line_before_any_metric_runs(runs, tmp_path, monkeypatch, capsys):
+    """A PNG cut short by a killed run decodes its header fine; it is found (decoded completely) before any model is
+    loaded, and named with the fix."""
+
+    def no_metrics(*args, **kwargs):
+        raise AssertionError("a metric ran on bad input")
+
+    monkeypatch.setattr(evaluate, "load_lpips_or_warn", no_metrics)
+    path = runs["shifted"] / "00002.png"
+    path.write_bytes(path.read_bytes()[:-40])
+    argv = ["--reference-dir", str(runs["reference"]), "--candidate-dir", str(runs["shifted"]), "--device", "cpu"]
+    line = assert_refused(evaluate.cli, argv, f"cannot read image {path}: ", capsys, watch=tmp_path)
+    assert "rerun sample.py into its folder, which sets damaged PNGs aside and makes them again" in line
+
+
+def test_output_is_checked_before_any_metric_runs(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(evaluate, "load_lpips_or_warn", lambda *args: pytest.fail("a metric ran on bad input"))
+    (tmp_path / "taken").write_text("a file")
+    argv = ["--reference-dir", str(runs["reference"]), "--candidate-dir", str(runs["shifted"]), "--device", "cpu",
+            "--output", str(tmp_path / "taken" / "metrics.json")]  # fmt: skip
+    assert_refused(evaluate.cli, argv, "is a file; choose another --output", capsys, watch=tmp_path)
+
+
+def test_image_damaged_after_the_check_is_one_error_naming_it(tmp_path):
+    """load_image itself names the file (a file replaced while the metrics run)."""
+    path = tmp_path / "00000.png"
+    Image.fromarray(reference_images(1)[0]).save(path)
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(evaluate.UsageError, match=f"cannot read image {path}: "):
+        evaluate.load_image(path)

@@ -1,5 +1,6 @@
-"""TaylorSeer-FLUX/sample.py end to end on a tiny checkpoint folder: PNGs and metadata, seeds, batching, resume,
-torchrun, the paper's FLOPs figures, and one readable message (exit code 2) for every bad input."""
+"""TaylorSeer-FLUX/sample.py end to end on a tiny checkpoint folder: PNGs and metadata, seeds, batching, resume
+(after a kill, with damaged PNGs, with other weights), torchrun, the paper's FLOPs figures, and one readable message
+(exit code 2) for a non-finite output and bad output folders. The table of bad flags is tests/test_flux_bad_input.py."""
 
 from __future__ import annotations
 
@@ -16,10 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flux_testing import TINY_SCHNELL, save_tiny_flux_checkpoint, save_tiny_transformer
+from cli_testing import assert_refused, snapshot
+from flux_testing import TINY_DEV, TINY_SCHNELL, save_tiny_flux_checkpoint, save_tiny_transformer
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
+from common.integrity import file_sha256
+from common.run_records import read_records
+from taylorseer_flux import sample
 from taylorseer_flux.sample import METADATA, cli
+from taylorseer_flux.weights import find_flux_weights, flux_weights_id
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "TaylorSeer-FLUX" / "sample.py"
@@ -75,7 +82,7 @@ def first_run(checkpoint, prompt_file, tmp_path_factory) -> tuple[Path, dict, st
     return folder, summary, stdout.getvalue()
 
 
-def test_run_writes_one_png_per_index_and_their_settings(first_run) -> None:
+def test_run_writes_one_png_per_index_and_their_settings(first_run, checkpoint) -> None:
     folder, summary, stdout = first_run
     names = [f"{i:05d}.png" for i in range(4)]
     assert sorted(path.name for path in folder.iterdir()) == sorted([*names, METADATA, "overview"])  # no temp file
@@ -84,8 +91,12 @@ def test_run_writes_one_png_per_index_and_their_settings(first_run) -> None:
     assert images["00000.png"].std() > 10  # a real image, not a constant
     assert not np.array_equal(images["00000.png"], images["00001.png"])  # same prompt, different seeds
 
-    records = [json.loads(line) for line in (folder / METADATA).read_text().splitlines()]
-    assert [r["index"] for r in records] == [0, 1, 2, 3]
+    lines = [json.loads(line) for line in (folder / METADATA).read_text().splitlines()]
+    # Per image: its settings before the PNG is written, then the same record with the written PNG's checksum.
+    assert [r["index"] for r in lines] == [0, 0, 1, 1, 2, 2, 3, 3]
+    for plan, done in zip(lines[::2], lines[1::2], strict=True):
+        assert "sha256" not in plan and done == {**plan, "sha256": file_sha256(folder / plan["file"])}
+    records = lines[::2]
     prompts = [p for p in PROMPTS if p.strip()]
     for k, record in enumerate(records):
         assert record["file"] == names[k] and record["seed"] == SEED + k
@@ -94,6 +105,8 @@ def test_run_writes_one_png_per_index_and_their_settings(first_run) -> None:
         assert record["taylorseer"] == {"interval": 6, "max_order": 2, "first_enhance": 3, "derivative_start_step": 2,
                                         "factor_dtype": "auto"}  # fmt: skip
         assert (record["model_name"], record["dtype"], record["noise_device"]) == ("flux-dev", "float32", "cpu")
+        assert re.fullmatch("[0-9a-f]{16}", record["weights_id"]) and record["weights_id"] == records[0]["weights_id"]
+        assert record["weights"]["transformer"] == str(checkpoint / "transformer")
 
     assert (summary["written"], summary["skipped"], summary["full_steps"], summary["forecast_steps"]) == (4, 0, 3, 1)
     assert "wall time per image:" in stdout and "3 full + 1 forecast steps" in stdout
@@ -138,9 +151,11 @@ def test_rerun_generates_only_the_missing_pngs(first_run, checkpoint, prompt_fil
     for name, stat in before.items():
         after = (folder / name).stat()
         assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), f"{name} was rewritten"
-    np.testing.assert_array_equal(read_pngs(folder)["00002.png"], read_pngs(original)["00002.png"])
+    assert (folder / "00002.png").read_bytes() == (original / "00002.png").read_bytes()
     assert not list(folder.glob(".tmp-*"))
-    assert len((folder / METADATA).read_text().splitlines()) == 4
+    # The made PNG's two lines are added: its settings (the last record held the deleted file's checksum), its checksum.
+    assert len((folder / METADATA).read_text().splitlines()) == 10
+    assert read_records(folder / METADATA) == read_records(original / METADATA)
 
 
 def test_rerun_with_other_settings_is_refused(first_run, checkpoint, prompt_file, capsys) -> None:
@@ -168,7 +183,8 @@ def test_two_processes_write_the_images_of_one(first_run, checkpoint, prompt_fil
     assert sorted(two) == sorted(one)
     for name in one:
         np.testing.assert_array_equal(two[name], one[name], err_msg=name)
-    assert (output / METADATA).read_text() == (folder / METADATA).read_text()
+    # The processes append their lines in any order; the last record of every file is the same.
+    assert read_records(output / METADATA) == read_records(folder / METADATA)
 
 
 def test_schnell_defaults_and_components_from_environment_variables(checkpoint, tmp_path, monkeypatch) -> None:
@@ -182,7 +198,7 @@ def test_schnell_defaults_and_components_from_environment_variables(checkpoint, 
     output = tmp_path / "out"
     summary = cli(["--model-name", "flux-schnell", "--ckpt-dir", str(schnell), "--width", "32", "--height", "32",
                    "--device", "cpu", "--output-dir", str(output), "--interval", "1"])  # fmt: skip
-    record = json.loads((output / METADATA).read_text())
+    record = read_records(output / METADATA)["00000.png"]
     assert (record["num_steps"], record["max_sequence_length"], record["guidance"]) == (4, 256, None)
     assert record["taylorseer"] is None and record["weights"]["autoencoder"].endswith("ae.safetensors")
     assert (summary["written"], summary["full_steps"], summary["forecast_steps"]) == (1, 4, 0)
@@ -216,39 +232,6 @@ def test_missing_weights_are_one_message_naming_every_component(tmp_path) -> Non
                      "black-forest-labs/FLUX.1-schnell"):  # fmt: skip
         assert expected in result.stderr, expected
     assert not output.exists()  # nothing is written before the weights are found
-
-
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (
-            ["--width", "40"],
-            "--width 40 is not a positive multiple of 16 (8x autoencoder, 2x2 patches): use --width 32 or 48",
-        ),  # noqa: E501
-        (["--height", "0"], "--height 0 is not a positive multiple of 16"),
-        (["--prompt-file", "{tmp}/missing.txt"], "missing.txt does not exist"),
-        (["--prompt-file", "{tmp}/empty.txt"], "empty.txt holds no prompts"),
-        (["--prompt", "  "], "--prompt is empty"),
-        (["--interval", "0"], "invalid TaylorSeer setting: interval must be >= 1"),
-        (["--max-order", "-1"], "invalid TaylorSeer setting: max_order must be >= 0"),
-        (["--num-steps", "0"], "--num-steps must be >= 1"),
-        (["--batch-size", "0"], "--batch-size must be >= 1"),
-        (["--max-sequence-length", "600"], "--max-sequence-length must be <= 512"),
-        (["--model-name", "flux-pro"], "invalid choice: 'flux-pro'"),
-        (["--prompt", "a cat", "--prompt-file", "{tmp}/empty.txt"], "not allowed with argument"),
-        (["--test-FLOPs", "--width", "4096"], "--width 4096 is outside 256..2048 pixels"),
-        (["--model-name", "flux-schnell"], "--model-name flux-schnell does not match the transformer"),
-    ],
-)
-def test_bad_input_is_one_clear_message_and_exit_code_2(extra, message, checkpoint, tmp_path, capsys) -> None:
-    (tmp_path / "empty.txt").write_text("\n   \n\n")
-    extra = [value.format(tmp=tmp_path) for value in extra]
-    with pytest.raises(SystemExit) as exit_info:
-        cli(argv(checkpoint, tmp_path / "out", *extra))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("error:") == 1
-    assert not (tmp_path / "out").exists()
 
 
 def test_existing_png_without_a_record_is_a_conflict(first_run, checkpoint, tmp_path, capsys) -> None:
@@ -305,20 +288,128 @@ def test_output_dir_under_a_file_is_one_error_line(checkpoint, tmp_path, capsys)
     assert capsys.readouterr().err == f"error: {expected}; choose another --output-dir\n"
 
 
-def test_non_utf8_prompt_file_is_one_error_line(checkpoint, tmp_path, capsys) -> None:
-    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
-    with pytest.raises(SystemExit) as exit_info:
-        cli(argv(checkpoint, tmp_path / "out", "--prompt-file", str(tmp_path / "latin1.txt")))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("error:") == 1
-    assert f"--prompt-file {tmp_path / 'latin1.txt'} is not UTF-8 text (invalid continuation byte at byte 3)" in err
-    assert not (tmp_path / "out").exists()
+def first_run_argv(checkpoint: Path, folder: Path, prompt_file: Path, *extra: str) -> list[str]:
+    """The command of ``first_run``, into ``folder``."""
+    return argv(checkpoint, folder, "--prompt-file", str(prompt_file), "--num-images-per-prompt", "2",
+                "--seed", str(SEED), *extra)  # fmt: skip
 
 
-def test_float16_is_not_offered(checkpoint, tmp_path, capsys) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        cli(argv(checkpoint, tmp_path / "out", "--dtype", "float16"))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "argument --dtype: invalid choice: 'float16' (choose from 'auto', 'bfloat16', 'float32')" in err
+def file_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("killed", ["before writing a PNG", "after writing a PNG, before recording it"])
+def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(
+    killed, first_run, checkpoint, prompt_file, tmp_path, monkeypatch, capsys
+) -> None:
+    """Killed (KeyboardInterrupt) after 2 of 4 images, then rerun: every PNG, metadata.jsonl and the overview are
+    byte for byte those of the uninterrupted run."""
+    original, _, _ = first_run
+    folder = tmp_path / "out"
+    name = "save_png" if killed.startswith("before") else "record_written"
+    real = getattr(sample, name)
+    calls = []
+
+    def killing(*args) -> None:
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(args)
+        real(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sample, name, killing)
+        with pytest.raises(KeyboardInterrupt):
+            cli(first_run_argv(checkpoint, folder, prompt_file))
+    expected_pngs = ["00000.png", "00001.png"] + (["00002.png"] if name == "record_written" else [])
+    assert sorted(path.name for path in folder.glob("*.png")) == expected_pngs
+    summary = cli(first_run_argv(checkpoint, folder, prompt_file))
+    assert (summary["written"], summary["skipped"]) == (4 - len(expected_pngs), len(expected_pngs))
+    assert "warning" not in capsys.readouterr().err
+    assert file_bytes(folder) == file_bytes(original)
+
+
+@pytest.mark.parametrize("checksums", [True, False], ids=["recorded checksums", "no checksums yet"])
+def test_damaged_pngs_are_set_aside_and_made_again(
+    checksums, first_run, checkpoint, prompt_file, tmp_path, capsys
+) -> None:
+    """A truncated PNG, two swapped PNGs (with recorded checksums) or a PNG of another size (without) are renamed to
+    .damaged with a warning and made again; the intact PNG is adopted untouched."""
+    original, _, _ = first_run
+    folder = tmp_path / "out"
+    shutil.copytree(original, folder)
+    if not checksums:  # as a run killed between writing each PNG and recording its checksum leaves it
+        lines = (folder / METADATA).read_text().splitlines(keepends=True)
+        (folder / METADATA).write_text("".join(line for line in lines if '"sha256"' not in line))
+    truncated = (original / "00000.png").read_bytes()[:-100]
+    (folder / "00000.png").write_bytes(truncated)
+    if checksums:
+        (folder / "00001.png").write_bytes((original / "00002.png").read_bytes())
+        (folder / "00002.png").write_bytes((original / "00001.png").read_bytes())
+        damaged = ["00000.png", "00001.png", "00002.png"]
+    else:
+        Image.new("RGB", (16, 16)).save(folder / "00001.png")
+        damaged = ["00000.png", "00001.png"]
+    intact = (folder / "00003.png").stat()
+
+    summary = cli(first_run_argv(checkpoint, folder, prompt_file))
+    assert (summary["written"], summary["skipped"], summary["files"]) == (len(damaged), 4 - len(damaged), damaged)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == len(damaged)
+    for line, name in zip(warnings, damaged, strict=True):
+        assert line.startswith(f"warning: {folder / name} ")
+        assert line.endswith(f"moved to {name}.damaged, making it again")
+    if checksums:
+        assert "its content differs from what this folder's run wrote (truncated or replaced)" in warnings[0]
+    else:
+        assert "does not decode" in warnings[0] and "is 16x16, expected 48x32" in warnings[1]
+    assert (folder / "00000.png.damaged").read_bytes() == truncated
+    after = (folder / "00003.png").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (intact.st_ino, intact.st_mtime_ns)
+    for name in ["00000.png", "00001.png", "00002.png", "00003.png"]:
+        assert (folder / name).read_bytes() == (original / name).read_bytes(), name
+    assert read_records(folder / METADATA) == read_records(original / METADATA)  # every PNG has its checksum again
+
+
+def test_other_weights_are_refused_and_moved_weights_adopted(
+    first_run, checkpoint, prompt_file, tmp_path, capsys
+) -> None:
+    original, _, _ = first_run
+    folder = tmp_path / "out"
+    shutil.copytree(original, folder)
+    moved = tmp_path / "moved-checkpoint"
+    shutil.copytree(checkpoint, moved)
+    before = snapshot(folder)
+    summary = cli(first_run_argv(moved, folder, prompt_file))
+    assert (summary["written"], summary["skipped"]) == (0, 4)  # the same weights elsewhere: same images
+    assert {k: v for k, v in snapshot(folder).items() if not k.startswith("overview")} == {
+        k: v for k, v in before.items() if not k.startswith("overview")
+    }
+    save_tiny_transformer(moved, TINY_DEV, seed=1)  # fine-tuned: every tensor changed, same files and sizes
+    old_id = read_records(folder / METADATA)["00000.png"]["weights_id"]
+    new_id = flux_weights_id(find_flux_weights("flux-dev", moved))
+    assert new_id != old_id
+    # Only the weights differ: the conflict names weights_id alone, for every image.
+    assert_refused(cli, first_run_argv(moved, folder, prompt_file), f"00003.png: weights_id {old_id!r} -> {new_id!r}\n",
+                   capsys, watch=folder)  # fmt: skip
+
+
+def nan_checkpoint(checkpoint: Path, folder: Path) -> Path:
+    """A copy of ``checkpoint`` whose transformer's output projection is NaN, as a damaged download can be."""
+    shutil.copytree(checkpoint, folder)
+    for shard in (folder / "transformer").glob("*.safetensors"):
+        tensors = load_file(str(shard))
+        if "proj_out.weight" in tensors:
+            tensors["proj_out.weight"] = torch.full_like(tensors["proj_out.weight"], float("nan"))
+            save_file(tensors, str(shard))
+            return folder
+    raise AssertionError("no proj_out.weight in the tiny transformer")
+
+
+def test_non_finite_output_saves_nothing_and_names_the_suspects(checkpoint, tmp_path, capsys) -> None:
+    broken = nan_checkpoint(checkpoint, tmp_path / "nan-checkpoint")
+    output = tmp_path / "out"
+    line = assert_refused(cli, argv(broken, output, "--prompt", "a cat"), "non-finite values (NaN or inf)", capsys,
+                          watch=tmp_path)  # fmt: skip
+    assert line.startswith("error: The final latents of 00000.png holds")
+    assert "nothing was saved from it. Check --guidance, --dtype" in line and "--ckpt-dir" in line
+    assert not output.exists()
