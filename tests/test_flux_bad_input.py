@@ -9,12 +9,14 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from cli_testing import assert_refused
 from flux_testing import save_tiny_flux_checkpoint
 from PIL import Image
 
 from common.cli import MAX_SEED
 from taylorseer_flux import evaluate, sample
+from taylorseer_flux.pipeline import FluxTextToImage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -120,6 +122,20 @@ def test_sample_refuses_bad_input(extra, message, checkpoint, tmp_path, capsys) 
 def test_sample_refuses_weight_variables_naming_nothing(variable, message, checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(variable, str(tmp_path / "missing"))
     assert_refused(sample.cli, sample_argv(checkpoint, tmp_path / "out"), message, capsys, watch=tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_sample_refuses_cuda_without_a_gpu(checkpoint, tmp_path, capsys) -> None:
+    argv = [*sample_argv(checkpoint, tmp_path / "out"), "--device", "cuda"]
+    assert_refused(sample.cli, argv, "--device cuda: no CUDA GPU is visible on this machine; use --device cpu", capsys,
+                   watch=tmp_path)  # fmt: skip
+
+
+def test_pipeline_refuses_non_finite_guidance(checkpoint) -> None:
+    """The Python API too: a NaN guidance would embed NaN into every block and give black images."""
+    pipe = FluxTextToImage.from_pretrained("flux-dev", checkpoint, max_sequence_length=16)
+    with pytest.raises(ValueError, match="guidance must be a finite number, got nan"):
+        pipe(["a cat"], [0], width=32, height=32, num_steps=1, guidance=float("nan"))
 
 
 @pytest.mark.skipif(IS_ROOT, reason="root writes into read-only folders")
