@@ -1,11 +1,12 @@
-"""common/video_io.py: mp4 round trips (near-lossless mode within 2 levels), atomic writes and readable errors."""
+"""common/video_io.py: mp4 round trips (near-lossless mode within 2 levels), atomic writes, readable errors, and the
+check of a finished-looking video (decodes fully, frame count, size)."""
 
 import numpy as np
 import pytest
 import torch
 
 from common import video_io
-from common.video_io import read_video, video_to_uint8_frames, write_video
+from common.video_io import VideoDecodeError, read_video, verify_video, video_to_uint8_frames, write_video
 
 
 def frames(t: int = 5, h: int = 32, w: int = 48, seed: int = 0) -> np.ndarray:
@@ -79,6 +80,29 @@ def test_missing_file_and_bad_frames_are_readable_errors(tmp_path):
         write_video(tmp_path / "bad.mp4", frames().astype(np.float32))
     with pytest.raises(ValueError, match=r"\(T, H, W, 3\)"):
         write_video(tmp_path / "bad.mp4", frames()[..., :1])
+
+
+def test_a_file_that_does_not_decode_is_one_line_naming_it(tmp_path):
+    """imageio appends ffmpeg's whole log to its error; the message keeps its first line and names the file."""
+    good = write_video(tmp_path / "good.mp4", frames(), quality=None).read_bytes()
+    for name, content in (("cut.mp4", good[: len(good) // 2]), ("text.mp4", b"not a video"), ("empty.mp4", b"")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(VideoDecodeError) as info:
+            read_video(tmp_path / name)
+        assert str(info.value).startswith(f"video {tmp_path / name} does not decode (")
+        assert "\n" not in str(info.value) and "ffmpeg version" not in str(info.value)
+
+
+def test_verify_video_checks_decoding_frame_count_and_size(tmp_path):
+    original = frames(t=5, h=32, w=48)
+    path = write_video(tmp_path / "clip.mp4", original)
+    assert verify_video(path) is None and verify_video(path, 5, (48, 32)) is None
+    assert verify_video(path, 4, (48, 32)) == "has 5 frames, expected 4"
+    assert verify_video(path, 5, (32, 48)) == "is 48x32, expected 32x48"
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(path.read_bytes()[:200])
+    assert verify_video(cut, 5, (48, 32)).startswith("does not decode (")
+    assert verify_video(tmp_path / "missing.mp4").startswith("cannot be read (video not found")
 
 
 def test_video_to_uint8_frames_maps_minus_one_to_one_onto_0_to_255():
