@@ -27,6 +27,7 @@ of them to fit beside the transformer for a moment.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -178,11 +179,18 @@ class HunyuanVideoPipeline:
         return torch.randn((1, *shape), generator=generator, device=self.device, dtype=torch.float32)
 
     def guidance(self, batch: int, embedded_guidance_scale: float | None) -> torch.Tensor | None:
-        """(batch,) ``scale * 1000`` in the transformer's dtype for guidance-distilled models, else None."""
+        """(batch,) ``scale * 1000`` in the transformer's dtype for guidance-distilled models, else None. A value
+        that is not finite in that dtype (fp16 ends at 65504) is a ValueError: it would make every frame NaN."""
         if embedded_guidance_scale is None or not self.transformer.params.guidance_embed:
             return None
         scale = torch.full((batch,), embedded_guidance_scale, dtype=torch.float32, device=self.device)
-        return scale.to(self.dtype) * 1000.0
+        guidance = scale.to(self.dtype) * 1000.0
+        if not bool(torch.isfinite(guidance).all()):
+            raise ValueError(
+                f"embedded_guidance_scale {embedded_guidance_scale} x 1000 is not finite in the transformer's "
+                f"{str(self.dtype).removeprefix('torch.')}: use a smaller scale or a wider dtype (bf16, fp32)"
+            )
+        return guidance
 
     def velocity(
         self,
@@ -269,8 +277,12 @@ class HunyuanVideoPipeline:
         ``negative_prompt`` is used only with ``cfg_scale > 1``; None or "" means upstream's default negative prompt.
         """
         check_video_size(height, width, video_length)
-        if cfg_scale < 1.0:
-            raise ValueError(f"cfg_scale must be >= 1 (1 = no classifier-free guidance), got {cfg_scale}")
+        if not math.isfinite(cfg_scale) or cfg_scale < 1.0:
+            raise ValueError(f"cfg_scale must be finite and >= 1 (1 = no classifier-free guidance), got {cfg_scale}")
+        if embedded_guidance_scale is not None and not math.isfinite(embedded_guidance_scale):
+            raise ValueError(f"embedded_guidance_scale must be finite (or None), got {embedded_guidance_scale}")
+        if not math.isfinite(flow_shift):
+            raise ValueError(f"flow_shift must be finite and > 0, got {flow_shift}")
         start = time.perf_counter()
         prompts = [prompt.strip()]
         if cfg_scale > 1.0:

@@ -9,16 +9,21 @@
     torchrun --nproc_per_node=8 TaylorSeer-HunyuanVideo/sample_video.py --prompt-json VBench_full_info.json \\
         --video-size 480 640 --video-length 65 --save-path vbench_videos
 
-Weights are read from --model-base (upstream ckpts/ layout or the diffusers layout of
-hunyuanvideo-community/HunyuanVideo; see weights.py) and never downloaded: a missing component ends the run with one
-message listing each expected path. With --prompt, --num-videos videos use seeds seed, seed+1, ... and are saved as
-{save-path}/seed{seed}_{prompt}.mp4 (the prompt cut to 100 characters, and to the 255 bytes a file name may have).
-With --prompt-json (VBench's full-info JSON: a list of objects
-with "prompt_en"), prompts index-start (inclusive) to index-end (exclusive) each get --num-videos-per-prompt videos
-with seeds seed .. seed+k-1, saved as {save-path}/{prompt}-{k}.mp4, VBench's naming. {save-path}/metadata.jsonl
-records the settings of every video (common/run_records.py); in both modes a video already there is skipped when it
-was made with this run's settings, and the run is refused when it was made with others or has no record. Every mp4
-is written under a temporary name and renamed, so an interrupted run leaves no partial video and a rerun resumes.
+Weights are read from --model-base (default $MODEL_BASE, else ckpts/ in the working directory: upstream's ckpts/
+layout or the diffusers layout of hunyuanvideo-community/HunyuanVideo; see weights.py) and never downloaded: a missing
+component ends the run with one message listing each expected path. With --prompt, --num-videos videos use seeds
+seed, seed+1, ... and are saved as {save-path}/seed{seed}_{prompt}.mp4 (the prompt cut to 100 characters, and to the
+255 bytes a file name may have). With --prompt-json (VBench's full-info JSON: a list of objects with "prompt_en"),
+prompts index-start (inclusive) to index-end (exclusive) each get --num-videos-per-prompt videos with seeds
+seed .. seed+k-1, saved as {save-path}/{prompt}-{k}.mp4, VBench's naming.
+
+{save-path}/metadata.jsonl records the settings of every video (common/run_records.py), the weights by content
+(weights_id), and each mp4's SHA-256 once it is written; in both modes a video already there is skipped when it was
+made with this run's settings and weights, and the run is refused when it was made with others or has no record. A
+video whose content no longer matches its checksum (truncated, replaced), or that has none and does not decode to
+the run's frames and size, is renamed to {name}.damaged with a warning and made again. Every mp4 is written under a
+temporary name and renamed, so an interrupted run leaves no partial video and a rerun resumes to the same files. A
+video whose latents or frames hold NaN or inf is not saved: the run ends with one message naming the settings to check.
 Under torchrun the pending videos are split over the ranks (gloo on CPU, NCCL on GPU) in contiguous chunks, so that
 the consecutive seeds of one prompt stay on one rank.
 With --ulysses-degree K, groups of K consecutive ranks make each video together (Ulysses sequence parallelism: every
@@ -27,14 +32,21 @@ rank holds 1/K of the video tokens and the TaylorSeer cache of its shard); the g
     # one video on 8 GPUs: sequence parallel, cache speedup x parallel speedup
     torchrun --nproc_per_node=8 TaylorSeer-HunyuanVideo/sample_video.py --ulysses-degree 8 --prompt "..." \\
         --video-size 480 640 --video-length 65
-A "/" in a prompt becomes "_" in its file name, so that no prompt can name a sub-folder or a path outside
---save-path (VBench's lookup cannot match such a prompt either way).
+A "/" (or NUL) in a prompt becomes "_" in its file name, so that no prompt can name a sub-folder or a path outside
+--save-path, and so does a leading ".", so that no video is hidden or taken for a killed write's temporary file. In
+VBench mode such a prompt's name also gets "~" and 8 hex digits of the prompt's SHA-256 ("a cat_dog~1a2b3c4d-0.mp4"),
+so that two prompts that differ only there ("a cat/dog", "a cat_dog") keep two files (VBench cannot look up a prompt
+holding "/" under any file name); every other prompt keeps VBench's exact name. Two different videos planned under
+one name are refused before anything runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,19 +55,34 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from common.cli import (
+    MAX_SEED,
     HelpFormatter,
     UsageError,
     add_taylorseer_args,
     check_output_folder,
+    check_schedule_flags,
+    finite_float,
+    int_range,
+    parse_device,
     run_cli,
     taylorseer_config_from_args,
+    warn,
 )
 from common.distributed import Distributed, launched_world_size, setup_distributed
+from common.integrity import check_finite, set_aside
 from common.io import remove_stale_temps
-from common.run_records import RECORDS_FILE, append_records, check_consistent, read_records
+from common.run_records import (
+    CHECKSUM,
+    RECORDS_FILE,
+    append_records,
+    check_consistent,
+    damaged_outputs,
+    read_records,
+    record_written,
+)
 from common.sequence_parallel import SequenceParallel
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
-from common.video_io import video_to_uint8_frames, write_video
+from common.video_io import verify_video, video_to_uint8_frames, write_video
 from taylorseer_hunyuanvideo.flops import hunyuan_flops_report, hunyuan_latent_shape
 from taylorseer_hunyuanvideo.model import HUNYUAN_VIDEO_PRESETS
 from taylorseer_hunyuanvideo.pipeline import HunyuanVideoPipeline, check_video_size
@@ -65,13 +92,21 @@ from taylorseer_hunyuanvideo.weights import (
     default_model_base,
     find_model_files,
     load_components,
+    weights_id,
 )
 
 MAX_FILE_NAME_BYTES = 255
 SINGLE_PROMPT_NAME_CHARS = 100
 """Upstream names single-prompt videos after the first 100 characters of the prompt."""
-# Recorded for information only: where the weights lie does not change the videos.
+NAME_HASH_CHARS = 8
+"""Hex digits of the prompt's SHA-256 in the VBench name of a prompt that is not a safe file name as it stands."""
+# Recorded for information only: where the weights lie does not change the videos (their content, weights_id, does).
 UNCOMPARED_FIELDS = ("file", "weights")
+NON_FINITE_SUSPECTS = (
+    "--embedded-cfg-scale and --cfg-scale, --precision and --vae-precision (fp16 overflows: try bf16 or fp32), and "
+    "the weights (--model-base, --dit-weight): a damaged or mismatched checkpoint makes NaN"
+)
+FP16_MAX = torch.finfo(torch.float16).max
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,18 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     prompts = parser.add_argument_group("prompts")
     prompts.add_argument("--prompt", help="text prompt of the video(s); or use --prompt-json")
     prompts.add_argument("--neg-prompt", help="negative prompt for --cfg-scale > 1; None = upstream's default one")
-    prompts.add_argument("--num-videos", type=int, default=1, help="videos of --prompt, seeds seed, seed+1, ...")
+    prompts.add_argument(
+        "--num-videos", type=int_range(1), help="videos of --prompt, seeds seed, seed+1, ... (default: 1)"
+    )
     prompts.add_argument(
         "--prompt-json", type=Path, help='VBench full-info JSON (a list of {"prompt_en": ...}): VBench batch mode'
     )
     prompts.add_argument(
-        "--index-start", type=int, default=0, help="first prompt of --prompt-json (inclusive, 0-based)"
+        "--index-start", type=int_range(0), help="first prompt of --prompt-json (inclusive, 0-based; default: 0)"
     )
     prompts.add_argument(
-        "--index-end", type=int, help="end of the prompt range of --prompt-json (exclusive); None = to the last prompt"
+        "--index-end",
+        type=int_range(1),
+        help="end of the prompt range of --prompt-json (exclusive); None = to the last prompt",
     )
     prompts.add_argument(
-        "--num-videos-per-prompt", type=int, default=5, help="VBench mode: videos per prompt, seeds seed .. seed+k-1"
+        "--num-videos-per-prompt",
+        type=int_range(1),
+        help="VBench mode: videos per prompt, seeds seed .. seed+k-1 (default: 5)",
     )
 
     video = parser.add_argument_group("video and sampler")
@@ -105,9 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument(
         "--video-length", type=int, default=129, help="frames, 4k+1 (upstream's default; the paper uses 65)"
     )
-    video.add_argument("--infer-steps", type=int, default=50, help="denoising steps")
-    video.add_argument("--seed", type=int, default=42, help="seed of the first video's initial noise")
-    video.add_argument("--flow-shift", type=float, default=7.0, help="time shift s of sigma -> s*sigma/(1+(s-1)*sigma)")
+    video.add_argument("--infer-steps", type=int_range(1), default=50, help="denoising steps")
+    video.add_argument(
+        "--seed", type=int_range(0, MAX_SEED), default=42, help="seed of the first video's initial noise"
+    )
+    video.add_argument(
+        "--flow-shift",
+        type=finite_float(0, low_open=True),
+        default=7.0,
+        help="time shift s of sigma -> s*sigma/(1+(s-1)*sigma)",
+    )
     video.add_argument(
         "--flow-reverse",
         action=argparse.BooleanOptionalAction,
@@ -116,10 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
         "example passes it; --no-flow-reverse is the mirrored t' = 1 - sigma convention, see scheduler.py)",
     )
     video.add_argument(
-        "--embedded-cfg-scale", type=float, default=6.0, help="guidance scale embedded by -cfgdistill models (x1000)"
+        "--embedded-cfg-scale",
+        type=finite_float(0),
+        default=6.0,
+        help="guidance scale embedded by -cfgdistill models (x1000)",
     )
-    video.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance; 1 = off (batch 1)")
-    video.add_argument("--fps", type=int, default=24, help="frame rate of the written mp4")
+    video.add_argument(
+        "--cfg-scale", type=finite_float(1), default=1.0, help="classifier-free guidance; 1 = off (batch 1)"
+    )
+    video.add_argument("--fps", type=int_range(1, 1000), default=24, help="frame rate of the written mp4")
 
     model = parser.add_argument_group("model and weights")
     model.add_argument(
@@ -136,10 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="transformer checkpoint (.pt / .safetensors / diffusers folder); None = the one under --model-base",
     )
     model.add_argument("--load-key", default="module", help="entry of an upstream .pt holding the weights (or ema)")
-    model.add_argument("--text-len", type=int, default=256, help="LLM prompt tokens after the template crop")
+    model.add_argument("--text-len", type=int_range(1), default=256, help="LLM prompt tokens after the template crop")
     model.add_argument(
         "--hidden-state-skip-layer",
-        type=int,
+        type=int_range(0),
         default=2,
         help="use the LLM's hidden_states[-(k+1)]: its last k decoder layers skipped",
     )
@@ -180,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--ulysses-degree",
-        type=int,
+        type=int_range(1),
         default=1,
         help="ranks that make one video together by Ulysses sequence parallelism (torchrun; must divide the number "
         "of processes, the attention heads and the video tokens); 1 = each rank makes whole videos",
@@ -196,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_vbench_prompts(path: Path) -> list[str]:
     """The ``prompt_en`` of every entry of a VBench full-info JSON; ValueError naming the problem otherwise."""
+    if path.is_dir():
+        raise ValueError(f"--prompt-json {path} is a folder: pass the JSON file itself, e.g. VBench_full_info.json")
     if not path.is_file():
         raise ValueError(
             f"--prompt-json {path} not found (expected VBench's full-info JSON, e.g. VBench_full_info.json)"
@@ -204,6 +259,8 @@ def read_vbench_prompts(path: Path) -> list[str]:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"--prompt-json {path} is not valid JSON: {exc}") from exc
+    except OSError as exc:
+        raise ValueError(f"--prompt-json {path} cannot be read ({exc.strerror}): check its permissions") from exc
     if not isinstance(entries, list) or not entries:
         raise ValueError(f'--prompt-json {path} must be a non-empty list of {{"prompt_en": ...}} objects')
     prompts = []
@@ -216,13 +273,24 @@ def read_vbench_prompts(path: Path) -> list[str]:
 
 
 def safe_file_stem(prompt: str) -> str:
-    """The prompt with "/" (and NUL) replaced by "_": a file name inside the save folder, never a path."""
-    return prompt.replace("/", "_").replace("\0", "_")
+    """The prompt with "/" (and NUL) replaced by "_", a file name inside the save folder, never a path; and a leading
+    "." too, so that no video is hidden or named like a temporary file (``.tmp-*``), which a rerun deletes."""
+    stem = prompt.replace("/", "_").replace("\0", "_")
+    return "_" + stem[1:] if stem.startswith(".") else stem
+
+
+def vbench_stem(prompt: str) -> str:
+    """The prompt itself where it is a safe file name (VBench finds videos by prompt); else its safe stem, "~" and a
+    short hash of the prompt, so that prompts that sanitize alike ("a cat/dog", "a cat_dog") never share a file."""
+    stem = safe_file_stem(prompt)
+    if stem == prompt:
+        return stem
+    return f"{stem}~{hashlib.sha256(prompt.encode()).hexdigest()[:NAME_HASH_CHARS]}"
 
 
 def vbench_file_name(prompt: str, k: int) -> str:
     """VBench's name for the k-th video of ``prompt``."""
-    return f"{safe_file_stem(prompt)}-{k}.mp4"
+    return f"{vbench_stem(prompt)}-{k}.mp4"
 
 
 def single_prompt_file_name(prompt: str, seed: int) -> str:
@@ -235,57 +303,100 @@ def single_prompt_file_name(prompt: str, seed: int) -> str:
 
 
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TaylorSeerConfig:
-    """Validate every flag (exit 2 through ``parser.error`` with the fix) and return the TaylorSeer config.
+    """Validate every flag (exit 2 through ``parser.error`` with the fix) and return the TaylorSeer config. Ranges and
+    finiteness of single flags are argparse's (``type=``); this checks what depends on several, and the mode's flags.
 
     In VBench mode the prompt file is read here and its selected prompts stored in ``args.prompts`` as
     (index, prompt) pairs.
     """
     config = taylorseer_config_from_args(args, parser)
+    check_schedule_flags(config, args.infer_steps, parser)
     height, width = args.video_size
     try:
         check_video_size(height, width, args.video_length)
     except ValueError as exc:
         parser.error(f"--video-size/--video-length: {exc}")
-    positive = {
-        "--infer-steps": args.infer_steps,
-        "--num-videos": args.num_videos,
-        "--num-videos-per-prompt": args.num_videos_per_prompt,
-        "--text-len": args.text_len,
-        "--fps": args.fps,
-    }
-    for flag, value in positive.items():
-        if value < 1:
-            parser.error(f"{flag} must be >= 1, got {value}")
-    if args.flow_shift <= 0:
-        parser.error(f"--flow-shift must be > 0, got {args.flow_shift}")
-    if args.cfg_scale < 1.0:
-        parser.error(f"--cfg-scale must be >= 1.0 (1.0 disables classifier-free guidance), got {args.cfg_scale}")
-    if args.hidden_state_skip_layer < 0:
-        parser.error(f"--hidden-state-skip-layer must be >= 0, got {args.hidden_state_skip_layer}")
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
+    _check_guidance(args, parser)
     _check_ulysses_degree(args, parser)
     args.prompts = []
     if args.test_FLOPs:
+        _fill_mode_defaults(args)
         return config
     if (args.prompt is None) == (args.prompt_json is None):
         parser.error("give exactly one of --prompt (one prompt) and --prompt-json (VBench batch mode)")
+    _check_mode_flags(args, parser)
+    _fill_mode_defaults(args)
+    _check_last_seed(args, parser)
+    try:
+        parse_device(args.device)  # before any weights are read: a device this machine lacks is a typo
+    except UsageError as err:
+        parser.error(str(err))
     if args.prompt is not None:
         if not args.prompt.strip():
-            parser.error("--prompt is empty")
-        name = single_prompt_file_name(args.prompt, args.seed + args.num_videos - 1)
-        if len(name.encode()) > MAX_FILE_NAME_BYTES:
-            parser.error(f"--seed {args.seed} is too long for a file name ({len(name.encode())} bytes > 255)")
+            parser.error("--prompt is empty: give the text of the video")
         return config
     args.prompts = _selected_prompts(args, parser)
+    try:
+        video_jobs(args)  # two prompts planned under one file name end here, before anything runs
+    except UsageError as err:
+        parser.error(str(err))
     return config
+
+
+_PROMPT_FLAGS = {"num_videos": "--num-videos"}
+_VBENCH_FLAGS = {
+    "index_start": "--index-start",
+    "index_end": "--index-end",
+    "num_videos_per_prompt": "--num-videos-per-prompt",
+}
+
+
+def _check_mode_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A flag of the other mode would be ignored without a word: refuse it instead."""
+    if args.prompt is not None:
+        for name, flag in _VBENCH_FLAGS.items():
+            if getattr(args, name) is not None:
+                parser.error(f"{flag} is for --prompt-json (VBench mode); with --prompt use --num-videos")
+    else:
+        for name, flag in _PROMPT_FLAGS.items():
+            if getattr(args, name) is not None:
+                parser.error(f"{flag} is for --prompt; with --prompt-json use --num-videos-per-prompt")
+
+
+def _fill_mode_defaults(args: argparse.Namespace) -> None:
+    for name, default in (("num_videos", 1), ("index_start", 0), ("num_videos_per_prompt", 5)):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+
+def _check_guidance(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Settings that would be ignored, or that overflow, refused before anything is loaded."""
+    if args.neg_prompt is not None and args.cfg_scale <= 1.0:
+        parser.error(
+            "--neg-prompt is used only with classifier-free guidance: add --cfg-scale > 1 (e.g. 6.0) or drop "
+            "--neg-prompt"
+        )
+    # The guidance embedding gets scale x 1000 in the transformer's dtype (upstream's convention): fp16 ends at 65504.
+    if args.precision == "fp16" and args.embedded_cfg_scale * 1000.0 > FP16_MAX:
+        parser.error(
+            f"--embedded-cfg-scale {args.embedded_cfg_scale} x 1000 overflows fp16 (max {FP16_MAX:g}): use "
+            f"--embedded-cfg-scale <= {FP16_MAX / 1000:g} or --precision bf16"
+        )
+
+
+def _check_last_seed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Video k of a prompt uses --seed + k: the last one must still be a seed the generators take."""
+    count = args.num_videos if args.prompt is not None else args.num_videos_per_prompt
+    if args.seed + count - 1 > MAX_SEED:
+        parser.error(
+            f"--seed {args.seed}: the last of {count} videos per prompt would use seed {args.seed + count - 1}, past "
+            f"the largest seed {MAX_SEED}; use --seed <= {MAX_SEED - count + 1}"
+        )
 
 
 def _check_ulysses_degree(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Ulysses splits the video tokens and, inside attention, the heads: both must divide evenly."""
     degree = args.ulysses_degree
-    if degree < 1:
-        parser.error(f"--ulysses-degree must be >= 1, got {degree}")
     if degree == 1:
         return
     params = HUNYUAN_VIDEO_PRESETS[args.model]
@@ -307,8 +418,6 @@ def _selected_prompts(args: argparse.Namespace, parser: argparse.ArgumentParser)
         prompts = read_vbench_prompts(args.prompt_json)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.index_start < 0:
-        parser.error(f"--index-start must be >= 0, got {args.index_start}")
     if args.index_end is not None and args.index_end <= args.index_start:
         parser.error(f"--index-end ({args.index_end}, exclusive) must be > --index-start ({args.index_start})")
     if args.index_start >= len(prompts):
@@ -318,7 +427,10 @@ def _selected_prompts(args: argparse.Namespace, parser: argparse.ArgumentParser)
     for index, prompt in selected:
         name = vbench_file_name(prompt, args.num_videos_per_prompt - 1)
         if len(name.encode()) > MAX_FILE_NAME_BYTES:
-            parser.error(f"prompt {index} is too long for a file name ({len(name.encode())} bytes > 255): {prompt!r}")
+            parser.error(
+                f"prompt {index} of --prompt-json is too long for a file name ({len(name.encode())} bytes > 255): "
+                f"shorten it, or leave it out with --index-start/--index-end: {prompt!r}"
+            )
     return selected
 
 
@@ -417,15 +529,29 @@ class VideoJob:
 
 
 def video_jobs(args: argparse.Namespace) -> list[VideoJob]:
-    """Every video of the run, in a fixed order (the same on every rank)."""
+    """Every video of the run, each once, in a fixed order (the same on every rank); see :func:`unique_jobs`."""
     if args.prompt is not None:
         seeds = [args.seed + k for k in range(args.num_videos)]
         return [VideoJob(args.prompt, s, args.save_path / single_prompt_file_name(args.prompt, s)) for s in seeds]
-    return [
+    return unique_jobs(
         VideoJob(prompt, args.seed + k, args.save_path / vbench_file_name(prompt, k))
         for _, prompt in args.prompts
         for k in range(args.num_videos_per_prompt)
-    ]
+    )
+
+
+def unique_jobs(jobs: Iterable[VideoJob]) -> list[VideoJob]:
+    """``jobs`` with repeats dropped (a prompt listed twice makes the same videos); two different videos planned
+    under one file name would overwrite each other, so that is a :class:`UsageError` naming both prompts."""
+    by_name: dict[str, VideoJob] = {}
+    for job in jobs:
+        first = by_name.setdefault(job.path.name, job)
+        if first != job:
+            raise UsageError(
+                f"prompts {first.prompt!r} and {job.prompt!r} would both be saved as {job.path.name!r}: reword one "
+                "of them in --prompt-json, or make them in separate --save-path folders"
+            )
+    return list(by_name.values())
 
 
 def _dtype(name: str | None, cuda_default: str, device: torch.device) -> torch.dtype:
@@ -456,8 +582,9 @@ def load_pipeline(
     )
 
 
-def run_settings(args: argparse.Namespace, config: TaylorSeerConfig, device: torch.device) -> dict:
-    """What, besides its prompt and seed, determines a video of this run: recorded with every file."""
+def run_settings(args: argparse.Namespace, config: TaylorSeerConfig, device: torch.device, weights: str) -> dict:
+    """What, besides its prompt and seed, determines a video of this run: recorded with every file. ``weights`` is
+    the content identity of the weights (:func:`~taylorseer_hunyuanvideo.weights.weights_id`)."""
     height, width = args.video_size
     return {
         "model": args.model,
@@ -483,6 +610,7 @@ def run_settings(args: argparse.Namespace, config: TaylorSeerConfig, device: tor
         # The noise generator lives on the device, so CPU and CUDA runs draw different noise from the same seed.
         "noise_device": device.type,
         "taylorseer": None if config.is_uncached else {**asdict(config), "factor_dtype": args.factor_dtype},
+        "weights_id": weights,
         "weights": {
             "model_base": str(args.model_base),
             "dit_weight": None if args.dit_weight is None else str(args.dit_weight),
@@ -494,24 +622,26 @@ def video_record(job: VideoJob, settings: dict) -> dict:
     return {"file": job.path.name, "prompt": job.prompt, "seed": job.seed, **settings}
 
 
-def run(args: argparse.Namespace, config: TaylorSeerConfig, ranks: VideoRanks) -> dict:
-    """Make this rank's share of the pending videos; returns what it did."""
+def run(args: argparse.Namespace, config: TaylorSeerConfig, ranks: VideoRanks, weights: str) -> dict:
+    """Make this rank's share of the pending videos; returns what it did. ``weights`` is the weights' identity."""
     vbench = args.prompt is None
     jobs = video_jobs(args)
-    settings = run_settings(args, config, ranks.process.device)
+    settings = run_settings(args, config, ranks.process.device, weights)
     planned = {job.path.name: video_record(job, settings) for job in jobs}
-    existing = read_records(args.save_path / RECORDS_FILE, ("file", "prompt", "seed"))
+    records_path = args.save_path / RECORDS_FILE
+    existing = read_records(records_path, ("file", "prompt", "seed"))
     check_consistent(args.save_path, existing, planned, uncompared=UNCOMPARED_FIELDS, output_flag="--save-path")
-    # Existing videos (made with these settings, as checked) are done. Every rank lists what is pending before any
-    # rank writes (barrier), so all ranks see the same list and split it the same way.
-    pending = [job for job in jobs if not job.path.exists()]
+    # Existing videos (made with these settings, as checked) are done unless damaged. Every rank gets the same list
+    # before any rank writes, so all ranks split the pending videos the same way.
+    damaged = _damaged_videos(args, existing, planned, ranks)
+    pending = [job for job in jobs if not job.path.exists() or job.path.name in damaged]
     pipe = load_pipeline(args, ranks.process.device, ranks.sequence_parallel) if pending else None
-    if ranks.rank == 0:
+    if ranks.rank == 0:  # loading worked: only now is anything written
         args.save_path.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(args.save_path)
+        _set_aside(args.save_path, damaged)
+        _update_records(records_path, existing, planned, {job.path.name for job in pending})
     ranks.process.barrier()
-    if ranks.rank == 0:
-        append_records(args.save_path / RECORDS_FILE, existing, planned)
     mine = contiguous_share(pending, ranks.num_groups, ranks.group_index)
     cache = None if config.is_uncached else TaylorCache(config)  # reset by the pipeline for every video
     height, width = args.video_size
@@ -533,10 +663,14 @@ def run(args: argparse.Namespace, config: TaylorSeerConfig, ranks: VideoRanks) -
             cache=cache,
             progress=ranks.rank == 0 and not vbench,
         )
+        # Every rank checks, so that all ranks of a group stop together.
+        check_finite(out.latents, f"The denoised latents of {job.path.name}", NON_FINITE_SUSPECTS)
+        check_finite(out.video, f"The decoded video {job.path.name}", NON_FINITE_SUSPECTS)
         full, forecast = out.num_full_steps, out.num_forecast_steps
         if not ranks.writes:  # the group's first rank writes the video all its ranks made
             continue
         write_video(job.path, video_to_uint8_frames(out.video), fps=args.fps, quality=None if args.lossless else 8.0)
+        record_written(records_path, planned[job.path.name], job.path)
         written.append(str(job.path))
         seconds.append(out.seconds)
         tqdm.write(
@@ -555,6 +689,7 @@ def run(args: argparse.Namespace, config: TaylorSeerConfig, ranks: VideoRanks) -
         "videos": written,
         "seconds": seconds,
         "skipped": len(jobs) - len(pending),
+        "damaged": sorted(damaged),
         "total": len(jobs),
         "full_steps": full,
         "forecast_steps": forecast,
@@ -563,18 +698,65 @@ def run(args: argparse.Namespace, config: TaylorSeerConfig, ranks: VideoRanks) -
     return summary
 
 
+def _damaged_videos(
+    args: argparse.Namespace, existing: dict[str, dict], planned: dict[str, dict], ranks: VideoRanks
+) -> dict[str, str]:
+    """Name -> reason for the planned videos that exist but cannot be adopted: content differing from the recorded
+    checksum, or (no checksum: a run killed between writing and recording) not decoding to the run's frames and
+    size. Rank 0 reads the files and tells the others, so that the videos are read once."""
+    damaged: dict[str, str] = {}
+    if ranks.rank == 0:
+        height, width = args.video_size
+        damaged = damaged_outputs(
+            args.save_path, existing, planned, lambda path: verify_video(path, args.video_length, (width, height))
+        )
+    if ranks.process.initialized:
+        shared = [damaged]
+        dist.broadcast_object_list(shared, src=0)
+        damaged = shared[0]
+    return damaged
+
+
+def _set_aside(folder: Path, damaged: dict[str, str]) -> None:
+    """Rename every damaged video to ``{name}.damaged`` (never deleted: it may be worth a look) with a warning."""
+    for name, reason in sorted(damaged.items()):
+        moved = set_aside(folder / name)
+        warn(f"{folder / name} {reason}: moved to {moved.name}, making it again")
+
+
+def _update_records(path: Path, existing: dict[str, dict], planned: dict[str, dict], pending: set[str]) -> None:
+    """Append the planned records that are new, and bring the checksums in line with the files: a video about to be
+    made loses its old checksum (so that a run killed right after writing it verifies the new file by decoding, not
+    against the old checksum), and an adopted video without one (killed between writing and recording) gets it."""
+    stale = {name for name in pending if CHECKSUM in existing.get(name, {})}
+    append_records(path, {name: record for name, record in existing.items() if name not in stale}, planned)
+    for name, record in planned.items():
+        if name not in pending and CHECKSUM not in existing.get(name, {}):
+            record_written(path, record, path.parent / name)
+
+
 def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
-    """The FLOPs report, or this process's videos (one rank of a torchrun job, or alone)."""
+    """The FLOPs report, or this process's videos (one rank of a torchrun job, or alone). Everything that can be
+    checked without the models (device, output folder, weights present) is, before any model is loaded."""
     if args.test_FLOPs:
         return print_flops(args, config)
-    check_model_files(find_model_files(args.model_base, args.dit_weight))  # before anything starts: fail fast
     check_output_folder(args.save_path, "--save-path")
+    _check_records_writable(args.save_path / RECORDS_FILE)
+    files = find_model_files(args.model_base, args.dit_weight)
+    check_model_files(files)
+    weights = weights_id(files)
     _quiet_loading_bars()
     ranks = join_video_ranks(args.device, args.ulysses_degree)
     try:
-        return run(args, config, ranks)
+        return run(args, config, ranks, weights)
     finally:
         ranks.process.close()
+
+
+def _check_records_writable(path: Path) -> None:
+    """The records file takes a line after every video: a read-only one would fail after the first video."""
+    if path.is_file() and not os.access(path, os.W_OK):
+        raise UsageError(f"{path.absolute()} is read-only: make it writable, or choose another --save-path")
 
 
 def _quiet_loading_bars() -> None:
@@ -586,7 +768,12 @@ def _quiet_loading_bars() -> None:
     transformers_logging.disable_progress_bar()
 
 
-if __name__ == "__main__":
+def cli(argv: Sequence[str] | None = None) -> dict:
+    """The command line: parse ``argv`` (default: ``sys.argv``), validate, run; bad input exits 2 with one line."""
     parser = build_parser()
-    arguments = parser.parse_args()
-    run_cli(main, arguments, check_args(arguments, parser))
+    arguments = parser.parse_args(argv)
+    return run_cli(main, arguments, check_args(arguments, parser))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,6 +1,7 @@
 """Where HunyuanVideo's six components live on disk, and the one way each is loaded (offline, never downloaded).
 
-Two layouts are recognised under ``--model-base`` (default ``$MODEL_BASE`` or ``ckpts``, as upstream):
+Two layouts are recognised under ``--model-base`` (default ``$MODEL_BASE``, else ``ckpts`` in the working directory,
+as upstream):
 
 * diffusers (``hunyuanvideo-community/HunyuanVideo``), recognised by ``transformer/`` or ``model_index.json``:
   ``transformer/`` (config.json + safetensors), ``vae/``, ``text_encoder/`` (LlamaModel), ``tokenizer/``,
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from common.checkpoint import CheckpointError, load_state_dict_checked, read_json_object, read_state_dict
+from common.integrity import weights_fingerprint
 
 from .model import HunyuanVideo, load_hunyuan_video
 from .text_encoders import ClipTextEncoder, LlamaTextEncoder
@@ -39,6 +41,7 @@ __all__ = [
     "default_model_base",
     "find_model_files",
     "check_model_files",
+    "weights_id",
     "load_llama_encoder",
     "load_clip_encoder",
     "load_vae",
@@ -193,6 +196,13 @@ def check_model_files(files: ModelFiles) -> None:
         "text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/); --dit-weight FILE overrides the transformer."
     )
     raise CheckpointError("\n".join(lines))
+
+
+def weights_id(files: ModelFiles) -> str:
+    """The content identity of every component as resolved (transformer or --dit-weight, VAE, both encoders and
+    tokenizers; see :func:`common.integrity.weights_fingerprint`): other weights give another id, moved ones the
+    same. Call it after :func:`check_model_files`."""
+    return weights_fingerprint(component.path for component in files.components())
 
 
 def _pretrained(what: str, folder: Path, load):

@@ -1,8 +1,11 @@
-"""TaylorSeer-HunyuanVideo/sample_video.py end to end: FLOPs, mp4 output, VBench mode, torchrun, readable errors."""
+"""TaylorSeer-HunyuanVideo/sample_video.py end to end: FLOPs, mp4 output, VBench mode, torchrun, readable errors,
+file names that never collide, weights identity, damaged videos remade, killed runs resumed to identical bytes."""
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,16 +15,21 @@ import pytest
 import torch
 from hunyuanvideo_testing import TINY_MODEL, TINY_TEXT_LEN, write_official_checkpoint
 
+from common.integrity import file_sha256
+from common.run_records import read_records
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
 from common.video_io import read_video, video_to_uint8_frames, write_video
+from taylorseer_hunyuanvideo import sample_video
 from taylorseer_hunyuanvideo.pipeline import HunyuanVideoPipeline
 from taylorseer_hunyuanvideo.sample_video import (
     UsageError,
     build_parser,
     check_args,
+    cli,
     contiguous_share,
     main,
     single_prompt_file_name,
+    vbench_file_name,
 )
 from taylorseer_hunyuanvideo.weights import find_model_files, load_components
 
@@ -80,6 +88,32 @@ def run_main(argv: list[str]) -> dict:
 
 def last_json_line(text: str) -> dict:
     return json.loads(text.strip().splitlines()[-1])
+
+
+def write_prompts(path: Path, prompts: list[str]) -> Path:
+    path.write_text(json.dumps([{"prompt_en": p, "dimension": ["subject_consistency"]} for p in prompts]))
+    return path
+
+
+def strict_records(folder: Path) -> list[dict]:
+    """Every line of the folder's metadata.jsonl, parsed as strict JSON (NaN or Infinity would raise)."""
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in metadata.jsonl")
+
+    text = (folder / "metadata.jsonl").read_text()
+    return [json.loads(line, parse_constant=refuse) for line in text.splitlines()]
+
+
+def mp4_bytes(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.glob("*.mp4"))}
+
+
+def assert_records_match_files(folder: Path) -> None:
+    """Each video's last record holds the SHA-256 of the file, as after an uninterrupted run."""
+    records = read_records(folder / "metadata.jsonl")
+    for path in folder.glob("*.mp4"):
+        assert records[path.name]["sha256"] == file_sha256(path), path.name
 
 
 def expected_frames(pipe, prompt: str, seed: int, interval: int = 5) -> np.ndarray:
@@ -158,34 +192,43 @@ def test_vbench_mode_names_seeds_range_and_resume(ckpts, pipe, prompt_json, tmp_
     argv = tiny_argv(ckpts, tmp_path / "videos", "--prompt-json", str(prompt_json), "--index-start", "1",
                      "--index-end", "3", "--num-videos-per-prompt", "2")  # fmt: skip
     first = run_main(argv)
-    # Prompts 1 and 2 (end exclusive), two seeds each; "/" became "_".
-    expected = [f"{PROMPTS[1].replace('/', '_')}-0.mp4", f"{PROMPTS[1].replace('/', '_')}-1.mp4",
+    # Prompts 1 and 2 (end exclusive), two seeds each; "/" became "_", plus the prompt's hash; VBench's exact name
+    # "{prompt}-{k}.mp4" for the prompt that is a file name as it stands.
+    digest = hashlib.sha256(PROMPTS[1].encode()).hexdigest()[:8]
+    expected = [f"a red car on a street_road~{digest}-0.mp4", f"a red car on a street_road~{digest}-1.mp4",
                 f"{PROMPTS[2]}-0.mp4", f"{PROMPTS[2]}-1.mp4"]  # fmt: skip
     assert [Path(p).name for p in first["videos"]] == expected
-    # No temporary file left; one settings record per video.
+    # No temporary file left; one settings record per video, then the same with the mp4's checksum once written.
     assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == sorted([*expected, "metadata.jsonl"])
-    records = [json.loads(line) for line in (tmp_path / "videos" / "metadata.jsonl").read_text().splitlines()]
-    assert [(r["file"], r["prompt"], r["seed"]) for r in records] == [
-        (expected[0], PROMPTS[1], 42), (expected[1], PROMPTS[1], 43), (expected[2], PROMPTS[2], 42),
-        (expected[3], PROMPTS[2], 43)]  # fmt: skip
+    records = strict_records(tmp_path / "videos")
+    planned = [(expected[0], PROMPTS[1], 42), (expected[1], PROMPTS[1], 43), (expected[2], PROMPTS[2], 42),
+               (expected[3], PROMPTS[2], 43)]  # fmt: skip
+    assert [(r["file"], r["prompt"], r["seed"]) for r in records] == planned + planned
+    assert ["sha256" in r for r in records] == [False] * 4 + [True] * 4
+    assert_records_match_files(tmp_path / "videos")
     assert (records[0]["infer_steps"], records[0]["video_length"], records[0]["flow_reverse"]) == (6, 5, True)
     assert records[0]["taylorseer"]["interval"] == 5 and records[0]["precision"] == "float32"
+    assert re.fullmatch("[0-9a-f]{16}", records[0]["weights_id"])
     for k in (0, 1):
         assert_mp4_holds(tmp_path / "videos" / expected[2 + k], expected_frames(pipe, PROMPTS[2], 42 + k), tmp_path)
 
     before = {name: (tmp_path / "videos" / name).stat().st_mtime_ns for name in expected}
     again = run_main(argv)
     assert (again["videos"], again["skipped"], again["total"]) == ([], 4, 4)
-    frames = read_video(tmp_path / "videos" / expected[1])
+    assert len(strict_records(tmp_path / "videos")) == 8  # nothing to record
+    original = (tmp_path / "videos" / expected[1]).read_bytes()
     (tmp_path / "videos" / expected[1]).unlink()
     (tmp_path / "videos" / ".tmp-4242-0.mp4").write_bytes(b"half a video")  # a killed run's: removed
     resumed = run_main(argv)
     assert [Path(p).name for p in resumed["videos"]] == [expected[1]] and resumed["skipped"] == 3
-    np.testing.assert_array_equal(read_video(tmp_path / "videos" / expected[1]), frames)
+    assert (tmp_path / "videos" / expected[1]).read_bytes() == original  # made again, byte for byte
     for name in (expected[0], *expected[2:]):
         assert (tmp_path / "videos" / name).stat().st_mtime_ns == before[name], f"{name} was rewritten"
     assert not (tmp_path / "videos" / ".tmp-4242-0.mp4").exists()
-    assert len((tmp_path / "videos" / "metadata.jsonl").read_text().splitlines()) == 4  # nothing changed
+    # The remade video's record: again without its old checksum while it was pending, then with the new one.
+    assert [(r["file"], "sha256" in r) for r in strict_records(tmp_path / "videos")[8:]] == [
+        (expected[1], False), (expected[1], True)]  # fmt: skip
+    assert_records_match_files(tmp_path / "videos")
 
     # Other settings for existing videos: refused, naming the difference, before any model is loaded.
     with pytest.raises(UsageError, match=r"(?s)other settings.*infer_steps 6 -> 7.*another --save-path"):
@@ -211,12 +254,13 @@ def test_torchrun_two_processes_write_the_videos_of_one(ckpts, prompt_json, tmp_
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted([*names, "metadata.jsonl"])
     for name in names:
         np.testing.assert_array_equal(read_video(tmp_path / "two" / name), read_video(tmp_path / "one" / name), name)
+    assert_records_match_files(tmp_path / "two")  # both ranks recorded their checksums, no line torn
     # Contiguous chunks: rank 0 made both videos of prompt 0, rank 1 both of prompt 1.
     summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"rank"')]
     videos = {summary["rank"]: [Path(p).name for p in summary["videos"]] for summary in summaries}
     assert videos == {
-        0: [f"{PROMPTS[0]}-0.mp4", f"{PROMPTS[0]}-1.mp4"],
-        1: [f"{PROMPTS[1].replace('/', '_')}-0.mp4", f"{PROMPTS[1].replace('/', '_')}-1.mp4"],
+        0: [vbench_file_name(PROMPTS[0], 0), vbench_file_name(PROMPTS[0], 1)],
+        1: [vbench_file_name(PROMPTS[1], 0), vbench_file_name(PROMPTS[1], 1)],
     }
 
 
@@ -246,66 +290,7 @@ def test_ulysses_degree_needs_a_matching_number_of_processes(ckpts, tmp_path):
     assert not (tmp_path / "videos").exists()
 
 
-# ------------------------------------------------------------------------------------------------------- errors
-
-
-CAT = ["--prompt", "a cat"]
-
-
-@pytest.mark.parametrize(
-    ("arguments", "message"),
-    [
-        ([*CAT, "--video-length", "64"], "video length 64 must be 4k + 1 frames"),
-        ([*CAT, "--video-size", "480", "650"], "must be positive multiples of 16"),
-        ([*CAT, "--video-size", "-16", "32"], "must be positive multiples of 16"),
-        ([*CAT, "--interval", "0"], "invalid TaylorSeer setting: interval must be >= 1"),
-        ([*CAT, "--max-order", "-1"], "invalid TaylorSeer setting: max_order must be >= 0"),
-        ([*CAT, "--first-enhance", "0"], "invalid TaylorSeer setting: first_enhance must be >= 1"),
-        ([*CAT, "--cfg-scale", "0.5"], "--cfg-scale must be >= 1.0"),
-        ([*CAT, "--infer-steps", "0"], "--infer-steps must be >= 1"),
-        ([*CAT, "--flow-shift", "0"], "--flow-shift must be > 0"),
-        ([*CAT, "--num-videos", "0"], "--num-videos must be >= 1"),
-        (["--prompt", "   "], "--prompt is empty"),
-        ([], "give exactly one of --prompt"),
-        ([*CAT, "--prompt-json", "p.json"], "give exactly one of --prompt"),
-        ([*CAT, "--model", "HYVideo-XL"], "invalid choice"),
-        ([*CAT, "--ulysses-degree", "0"], "--ulysses-degree must be >= 1"),
-        ([*CAT, "--ulysses-degree", "5"], "--ulysses-degree 5 must divide the 24 attention heads"),
-        (
-            [*CAT, "--ulysses-degree", "2", "--video-size", "16", "16", "--video-length", "1"],
-            "divide the 1 video tokens",
-        ),
-    ],
-)
-def test_invalid_flags_exit_with_the_reason(arguments, message, capsys):
-    parser = build_parser()
-    with pytest.raises(SystemExit) as exit_info:
-        check_args(parser.parse_args(arguments), parser)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("content", "extra", "message"),
-    [
-        (None, [], "not found (expected VBench's full-info JSON"),
-        ("[]", [], "must be a non-empty list"),
-        ("{not json", [], "is not valid JSON"),
-        ('[{"prompt_en": "a cat"}, {"dimension": []}]', [], 'entry 1 has no non-empty "prompt_en"'),
-        ('[{"prompt_en": "a cat"}]', ["--index-start", "1"], "--index-start 1 selects no prompt"),
-        ('[{"prompt_en": "a cat"}]', ["--index-start", "1", "--index-end", "1"], "must be > --index-start"),
-        (json.dumps([{"prompt_en": "cat " * 70}]), [], "too long for a file name"),
-    ],
-)
-def test_bad_prompt_files_exit_with_the_reason(tmp_path, content, extra, message, capsys):
-    path = tmp_path / "prompts.json"
-    if content is not None:
-        path.write_text(content)
-    parser = build_parser()
-    with pytest.raises(SystemExit) as exit_info:
-        check_args(parser.parse_args(["--prompt-json", str(path), *extra]), parser)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+# ----------------------------------------------------------------------------------------------------- helpers
 
 
 def test_contiguous_share_keeps_neighbours_together():
@@ -322,27 +307,6 @@ def test_single_prompt_file_names_fit_255_bytes():
     assert single_prompt_file_name("a/b " * 40, 7) == "seed7_" + "a_b " * 25 + ".mp4"  # 100 characters, as upstream
 
 
-def test_save_path_naming_a_file_is_one_error_line(ckpts, tmp_path):
-    (tmp_path / "out").write_text("not a folder")
-    argv = tiny_argv(ckpts, tmp_path / "out", "--prompt", "a cat")
-    result = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, env=ENV)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    expected = f"--save-path {tmp_path / 'out'} exists and is not a folder: choose another --save-path"
-    assert result.stderr == f"error: {expected}\n"
-
-
-def test_corrupt_records_are_one_error_line(ckpts, tmp_path):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "metadata.jsonl").write_text('{"file": "a.mp4", "prompt": "a", "seed": 1}\n{"file": "b.mp4"}\n')
-    argv = tiny_argv(ckpts, tmp_path / "out", "--prompt", "a cat")
-    result = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, env=ENV)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr == (
-        f"error: {tmp_path / 'out' / 'metadata.jsonl'}, line 2: record without 'prompt', 'seed'; fix or delete that "
-        "line\n"
-    )
-
-
 def test_missing_weights_are_one_message_listing_each_component(tmp_path):
     save_path = tmp_path / "out"
     argv = ["--prompt", "a cat", "--model-base", str(tmp_path / "ckpts"), "--save-path", str(save_path)]
@@ -355,3 +319,172 @@ def test_missing_weights_are_one_message_listing_each_component(tmp_path):
     assert "mp_rank_00_model_states.pt" in result.stderr and "tencent/HunyuanVideo" in result.stderr
     assert "hunyuanvideo-community/HunyuanVideo" in result.stderr
     assert not save_path.exists()  # nothing is written before the weights are found
+
+
+# ---------------------------------------------------------------------------------------------------- file names
+
+
+def test_prompts_that_sanitize_alike_keep_two_files(ckpts, tmp_path):
+    """ "a cat/dog" and "a cat_dog" were both "a cat_dog-0.mp4": the second video overwrote the first."""
+    prompts = write_prompts(tmp_path / "prompts.json", ["a cat/dog", "a cat_dog"])
+    folder = tmp_path / "videos"
+    summary = run_main(tiny_argv(ckpts, folder, "--prompt-json", str(prompts), "--num-videos-per-prompt", "1"))
+    digest = hashlib.sha256(b"a cat/dog").hexdigest()[:8]
+    assert [Path(p).name for p in summary["videos"]] == [f"a cat_dog~{digest}-0.mp4", "a cat_dog-0.mp4"]
+    assert sorted(mp4_bytes(folder)) == sorted([f"a cat_dog~{digest}-0.mp4", "a cat_dog-0.mp4"])
+    records = read_records(folder / "metadata.jsonl")
+    assert records[f"a cat_dog~{digest}-0.mp4"]["prompt"] == "a cat/dog"
+    assert records["a cat_dog-0.mp4"]["prompt"] == "a cat_dog"
+    assert_records_match_files(folder)
+
+
+def test_videos_named_like_temporary_files_survive_a_rerun(ckpts, tmp_path):
+    """A prompt starting with ".tmp-" made ".tmp-....mp4", which the next run deleted as a killed write's leftover;
+    a leading "." also hid the video from evaluate.py."""
+    prompts = write_prompts(tmp_path / "prompts.json", [".tmp-cat", ".hidden cat", "cat.tmp"])
+    folder = tmp_path / "videos"
+    argv = tiny_argv(ckpts, folder, "--prompt-json", str(prompts), "--num-videos-per-prompt", "1")
+    first = run_main(argv)
+    names = [Path(p).name for p in first["videos"]]
+    assert [name[:9] for name in names] == ["_tmp-cat~", "_hidden c", "cat.tmp-0"]
+    assert not any(name.startswith(".") for name in names)
+    before = mp4_bytes(folder)
+    again = run_main(argv)
+    assert (again["videos"], again["skipped"]) == ([], 3)
+    assert mp4_bytes(folder) == before
+
+
+# -------------------------------------------------------------------------------------------- non-finite outputs
+
+
+def nan_weights_checkpoint(ckpts: Path, root: Path) -> Path:
+    """A copy of ``ckpts`` whose transformer has one NaN weight: a damaged checkpoint."""
+    shutil.copytree(ckpts, root)
+    dit = root / "hunyuan-video-t2v-720p" / "transformers" / "mp_rank_00_model_states.pt"
+    state = torch.load(dit, weights_only=True)
+    key = next(k for k in state["module"] if k.startswith("final_layer") and k.endswith("weight"))
+    state["module"][key][0, 0] = float("nan")
+    torch.save(state, dit)
+    return root
+
+
+def test_a_nan_video_is_not_saved_and_ends_the_run_with_one_message(ckpts, tmp_path, capsys):
+    broken = nan_weights_checkpoint(ckpts, tmp_path / "broken")
+    folder = tmp_path / "videos"
+    with pytest.raises(SystemExit) as exit_info:
+        cli(tiny_argv(broken, folder, "--prompt", "a cat", "--num-videos", "2"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert "The denoised latents of seed42_a cat.mp4 holds" in line and "non-finite" in line
+    assert "--embedded-cfg-scale" in line and "--precision" in line and "--model-base" in line
+    assert list(folder.glob("*.mp4")) == [] and list(folder.glob(".tmp-*")) == []
+    strict_records(folder)  # valid JSON: no NaN anywhere
+
+
+# ----------------------------------------------------------------------------------------------- weights identity
+
+
+def other_weights_checkpoint(ckpts: Path, root: Path) -> Path:
+    """A copy of ``ckpts`` with fine-tuned (slightly changed) transformer weights: same paths, sizes and keys."""
+    shutil.copytree(ckpts, root)
+    dit = root / "hunyuan-video-t2v-720p" / "transformers" / "mp_rank_00_model_states.pt"
+    state = torch.load(dit, weights_only=True)
+    state["module"] = {k: v + 1e-3 if v.is_floating_point() else v for k, v in state["module"].items()}
+    torch.save(state, dit)
+    return root
+
+
+def test_videos_of_other_weights_are_refused_and_moved_weights_adopted(ckpts, tmp_path):
+    folder = tmp_path / "videos"
+    first = run_main(tiny_argv(ckpts, folder, "--prompt", "a cat"))
+    before = mp4_bytes(folder)
+    # The same weights in another folder: the same videos, adopted.
+    moved = run_main(tiny_argv(shutil.copytree(ckpts, tmp_path / "moved"), folder, "--prompt", "a cat"))
+    assert (moved["videos"], moved["skipped"]) == ([], 1)
+    # Other weights under the same paths (the folder layout a fine-tune keeps): refused, nothing changed.
+    other = other_weights_checkpoint(ckpts, tmp_path / "other")
+    with pytest.raises(UsageError, match=r"(?s)1 conflicting files.*seed42_a cat\.mp4: weights_id '[0-9a-f]{16}' -> "):
+        run_main(tiny_argv(other, folder, "--prompt", "a cat"))
+    assert mp4_bytes(folder) == before and len(first["videos"]) == 1
+
+
+# ------------------------------------------------------------------------------------------------ damaged outputs
+
+
+def test_damaged_videos_are_set_aside_and_made_again(ckpts, tmp_path, capsys):
+    """Truncated and swapped mp4s were adopted on resume; now the checksum finds them, and without a checksum (a run
+    killed before recording it) decoding does."""
+    prompts = write_prompts(tmp_path / "prompts.json", ["a cat"])
+    folder = tmp_path / "videos"
+    argv = tiny_argv(ckpts, folder, "--prompt-json", str(prompts), "--num-videos-per-prompt", "4")
+    run_main(argv)
+    good = mp4_bytes(folder)
+    v0, v1, v2, v3 = sorted(good)
+    (folder / v0).write_bytes(good[v0][: len(good[v0]) // 2])  # truncated
+    (folder / v1).write_bytes(good[v2])  # swapped: each is a sound video, of the other seed
+    (folder / v2).write_bytes(good[v1])
+    untouched = (folder / v3).stat().st_mtime_ns
+    capsys.readouterr()
+    summary = run_main(argv)
+    assert summary["damaged"] == [v0, v1, v2] and summary["skipped"] == 1
+    assert mp4_bytes(folder) == good
+    assert (folder / v3).stat().st_mtime_ns == untouched
+    assert (folder / f"{v0}.damaged").read_bytes() == good[v0][: len(good[v0]) // 2]  # set aside, not deleted
+    assert (folder / f"{v1}.damaged").read_bytes() == good[v2]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 3 and "differs from what this folder's run wrote" in warnings[0]
+    assert_records_match_files(folder)
+
+    # No checksums recorded (killed between writing and recording): every file is decoded and checked.
+    lines = (folder / "metadata.jsonl").read_text().splitlines()
+    (folder / "metadata.jsonl").write_text("".join(f"{line}\n" for line in lines if "sha256" not in line))
+    (folder / v0).write_bytes(good[v0][:100])  # does not decode
+    write_video(folder / v1, read_video(folder / v1)[:3])  # a sound mp4 of 3 frames instead of 5
+    summary = run_main(argv)
+    assert summary["damaged"] == [v0, v1] and summary["videos"] == [str(folder / v0), str(folder / v1)]
+    assert mp4_bytes(folder) == good
+    err = capsys.readouterr().err
+    assert "does not decode" in err and "has 3 frames, expected 5" in err
+    assert_records_match_files(folder)  # the adopted ones got their checksums
+
+
+# ----------------------------------------------------------------------------------------------------- kill/resume
+
+
+def test_a_killed_run_resumes_to_the_bytes_of_an_uninterrupted_one(ckpts, prompt_json, tmp_path, monkeypatch):
+    """mp4 bytes are deterministic for identical frames (libx264 at a fixed quality on one machine), so a resumed
+    run must give the very files of an uninterrupted one, whichever point the kill hit."""
+    common = ["--prompt-json", str(prompt_json), "--index-end", "2", "--num-videos-per-prompt", "2"]
+    whole = tmp_path / "whole"
+    run_main(tiny_argv(ckpts, whole, *common))
+    expected = mp4_bytes(whole)
+    assert len(expected) == 4
+
+    killed = tmp_path / "killed"
+    real_record, real_write = sample_video.record_written, sample_video.write_video
+
+    def killed_before_recording(path, record, written):
+        if record["seed"] == 43:  # the second video: written, its checksum never recorded
+            raise KeyboardInterrupt
+        real_record(path, record, written)
+
+    monkeypatch.setattr(sample_video, "record_written", killed_before_recording)
+    with pytest.raises(KeyboardInterrupt):
+        run_main(tiny_argv(ckpts, killed, *common))
+    assert len(mp4_bytes(killed)) == 2
+
+    def killed_while_writing(path, frames, **kwargs):
+        (path.parent / ".tmp-999-0.mp4").write_bytes(b"half a video")  # what a hard kill leaves
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample_video, "record_written", real_record)
+    monkeypatch.setattr(sample_video, "write_video", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        run_main(tiny_argv(ckpts, killed, *common))
+    monkeypatch.setattr(sample_video, "write_video", real_write)
+    resumed = run_main(tiny_argv(ckpts, killed, *common))
+    assert resumed["skipped"] == 2 and len(resumed["videos"]) == 2
+    assert mp4_bytes(killed) == expected
+    assert sorted(p.name for p in killed.iterdir()) == sorted([*expected, "metadata.jsonl"])
+    assert_records_match_files(killed)
