@@ -10,8 +10,9 @@
 
 Paired mode scores every frame pair (frame counts and sizes must match), averages over the frames of each video,
 then over the videos; each reference video is decoded once, whatever the number of candidate folders. LPIPS needs
-torchvision's AlexNet weights ``alexnet-owt-7be5be79.pth`` from a local file (--lpips-weights,
-$TAYLORSEER_LPIPS_WEIGHTS, ``pretrained_models/`` or the torch hub cache) and is null without them.
+torchvision's AlexNet weights ``alexnet-owt-7be5be79.pth`` from a local file ($TAYLORSEER_LPIPS_WEIGHTS,
+``pretrained_models/`` or the torch hub cache) and is null, with a warning, without them; weights named with
+--lpips-weights must load, or the run ends with one error line.
 
 VBench mode calls ``VBench(device, full_info_json, output_path).evaluate(..., mode="vbench_standard")`` on the chosen
 dimensions (default: the 16 standard ones), then :func:`aggregate_vbench`: each dimension min-max normalised with
@@ -25,13 +26,16 @@ https://github.com/Vchitect/VBench/blob/master/vbench/VBench_full_info.json): ge
 ``{prompt}-{k}.mp4`` for k = 0..4 and pass the same file as --vbench-info.
 
 Writes the metrics as JSON and the table as markdown next to it, and prints the table. Bad input (a missing folder,
-no pairs, mismatched frames, VBench not installed) ends in one ``error:`` line, exit code 2.
+no pairs, a video that does not decode, mismatched frames, an unwritable --output, a flag of another mode, VBench not
+installed) ends in one ``error:`` line naming the file or flag, exit code 2, before anything is written; the output
+paths are checked before any video is read, and every video of a --vbench folder is decoded once before VBench runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,8 +44,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.checkpoint import truncated_list
-from common.cli import HelpFormatter, UsageError, existing_dir, warn
+from common.checkpoint import CheckpointError, truncated_list
+from common.cli import (
+    HelpFormatter,
+    UsageError,
+    check_output_file,
+    check_output_folder,
+    existing_dir,
+    int_range,
+    warn,
+)
 from common.quality_metrics import (
     LPIPS_NETS,
     LPIPS_WEIGHTS_ENV,
@@ -49,6 +61,7 @@ from common.quality_metrics import (
     PSNR_CAP_DB,
     PairedImageMetrics,
     format_value,
+    load_lpips,
     load_lpips_or_warn,
     markdown_table,
     mean_or_none,
@@ -57,9 +70,11 @@ from common.quality_metrics import (
     save_report,
     video_metrics,
 )
-from common.video_io import read_video
+from common.video_io import VideoDecodeError, read_video, verify_video
 
 VIDEO_SUFFIXES = (".mp4",)
+REPORT_SUFFIXES = (".json",)
+DEFAULT_BATCH_SIZE = 16
 
 # VBench's standard aggregation, from Vchitect/VBench scripts/constant.py (NORMALIZE_DIC, DIM_WEIGHT, QUALITY_LIST,
 # SEMANTIC_LIST, QUALITY_WEIGHT = 4, SEMANTIC_WEIGHT = 1) as scripts/cal_final_score.py applies them; dimension names
@@ -123,10 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     paired.add_argument(
         "--lpips-weights",
         default=None,
-        help=f"torchvision backbone weights for LPIPS (default: ${LPIPS_WEIGHTS_ENV}, else pretrained_models/)",
+        help=f"torchvision backbone weights for LPIPS, which must load (default: ${LPIPS_WEIGHTS_ENV}, else "
+        "pretrained_models/, else LPIPS is null)",
     )
-    paired.add_argument("--lpips-net", choices=list(LPIPS_NETS), default="alex", help="LPIPS backbone")
-    paired.add_argument("--batch-size", type=int, default=16, help="frame pairs per metric batch")
+    paired.add_argument("--lpips-net", choices=list(LPIPS_NETS), help="LPIPS backbone (default: alex)")
+    paired.add_argument(
+        "--batch-size", type=int_range(1), help=f"frame pairs per metric batch (default: {DEFAULT_BATCH_SIZE})"
+    )
     vbench = parser.add_argument_group("VBench", "the vbench package on one folder, and the paper's aggregation")
     vbench.add_argument("--vbench", default=None, metavar="VIDEO_DIR", help="run VBench on this folder of videos")
     vbench.add_argument("--vbench-info", default=None, help="VBench's full-info JSON (prompt_en, dimension)")
@@ -134,7 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--dimensions",
         nargs="+",
         choices=VBENCH_DIMENSIONS,
-        default=list(VBENCH_DIMENSIONS),
         metavar="DIM",
         help=f"VBench dimensions, among {', '.join(VBENCH_DIMENSIONS)} (default: all 16)",
     )
@@ -144,8 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     vbench.add_argument(
         "--vbench-local-checkpoints",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="VBench's local=True: read its models from its default local paths",
+        help="VBench's local=True: read its models from its default local paths (default: off)",
     )
     vbench.add_argument(
         "--vbench-results",
@@ -157,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:i] for the metrics"
     )
     parser.add_argument(
-        "--output", default=None, help="metrics JSON, with a .md table beside it (default: next to the videos)"
+        "--output", default=None, help="metrics .json, with a .md table beside it (default: next to the videos)"
     )
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
     return parser
@@ -232,14 +248,51 @@ def read_vbench_results(paths: Sequence[str | Path]) -> tuple[dict[str, float], 
             raise UsageError(f"{file}: expected VBench's {{dimension: [score, per-video results]}} object")
         for dimension, value in content.items():
             score = value[0] if isinstance(value, list) and value else value
-            if not isinstance(score, int | float):
-                raise UsageError(f"{file}: no score for dimension '{dimension}'")
+            if not isinstance(score, int | float) or not math.isfinite(score):
+                raise UsageError(f"{file}: no finite score for dimension '{dimension}' (got {str(value)[:40]})")
             if dimension in scores and scores[dimension] != score:
                 raise UsageError(
                     f"dimension '{dimension}' scores {scores[dimension]} in {origin[dimension]} but {score} in {file}"
                 )
             scores[dimension], origin[dimension] = float(score), file
     return scores, [str(file) for file in files]
+
+
+def check_vbench_info(path: Path) -> Path:
+    """``path`` as VBench's full-info JSON (a non-empty list of objects with a "prompt_en" string and a "dimension"
+    list), checked here so that a wrong file is one message, not a traceback from inside VBench."""
+    if not path.is_file():
+        raise UsageError(
+            f"--vbench-info {path.absolute()} not found: pass VBench's full-info JSON (VBench_full_info.json)"
+        )
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--vbench-info {path} is not valid JSON ({exc}): pass VBench's full-info JSON") from None
+    except OSError as exc:
+        raise UsageError(f"--vbench-info {path} cannot be read ({exc.strerror}): check its permissions") from None
+    if not isinstance(entries, list) or not entries:
+        raise UsageError(f'--vbench-info {path} must be a non-empty list of {{"prompt_en", "dimension"}} objects')
+    for index, entry in enumerate(entries):
+        valid = isinstance(entry, dict) and isinstance(entry.get("prompt_en"), str) and entry["prompt_en"].strip()
+        if not valid or not isinstance(entry.get("dimension"), list):
+            raise UsageError(
+                f'--vbench-info {path}: entry {index} needs a "prompt_en" string and a "dimension" list, got '
+                f"{str(entry)[:80]}"
+            )
+    return path
+
+
+def check_videos_decode(folder: Path, progress: bool) -> int:
+    """Decode every video of ``folder`` once (VBench would fail on a damaged one hours in); returns how many."""
+    videos = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    if not videos:
+        raise UsageError(f"--vbench {folder.absolute()} holds no .mp4 videos: pass the --save-path of sample_video.py")
+    for path in tqdm(videos, desc="checking videos", unit="video", disable=not progress):
+        reason = verify_video(path)
+        if reason is not None:
+            raise UsageError(f"video {path} {reason}: regenerate it (sample_video.py remakes damaged videos)")
+    return len(videos)
 
 
 def run_vbench(
@@ -276,15 +329,24 @@ def vbench_table(record: dict) -> str:
 
 
 def read_frames(path: Path) -> np.ndarray:
+    """All frames of ``path``; a file that does not decode is one :class:`UsageError` naming it."""
     try:
         return read_video(path)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise UsageError(f"cannot read video {path}: {' '.join(str(exc).split())}") from exc
+    except VideoDecodeError as exc:
+        raise UsageError(f"video {path} {exc.reason}: regenerate it (sample_video.py remakes damaged videos)") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read video {path}: {exc.strerror or exc}") from None
+
+
+def load_lpips_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module | None:
+    """LPIPS from --lpips-weights, which must load (a named file that does not is an error); without the flag, from
+    the default places, or None with a warning."""
+    if args.lpips_weights is not None:
+        return load_lpips(args.lpips_weights, args.lpips_net, device)
+    return load_lpips_or_warn(None, args.lpips_net, device)
 
 
 def evaluate_pairs(args: argparse.Namespace, device: torch.device) -> tuple[dict, str]:
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     reference_dir = existing_dir(args.reference_dir, "reference")
     candidate_dirs = [existing_dir(folder, "candidate") for folder in args.candidate_dir]
     pairings = []
@@ -296,7 +358,7 @@ def evaluate_pairs(args: argparse.Namespace, device: torch.device) -> tuple[dict
                 f"({len(pairs.only_candidate)} vs {len(pairs.only_reference)} videos)"
             )
         pairings.append(pairs)
-    lpips_model = load_lpips_or_warn(args.lpips_weights, args.lpips_net, device)
+    lpips_model = load_lpips_model(args, device)
     metrics = PairedImageMetrics(lpips_model, device)
     for folder, pairs in zip(candidate_dirs, pairings, strict=True):
         for side, names in (("reference", pairs.only_reference), ("candidate", pairs.only_candidate)):
@@ -312,8 +374,9 @@ def evaluate_pairs(args: argparse.Namespace, device: torch.device) -> tuple[dict
         for folder, wanted, per_video in zip(candidate_dirs, paired_names, videos, strict=True):
             if name not in wanted:
                 continue
+            candidate = read_frames(folder / name)
             try:
-                values = video_metrics(reference, read_frames(folder / name), metrics, args.batch_size)
+                values = video_metrics(reference, candidate, metrics, args.batch_size)
             except ValueError as exc:
                 raise UsageError(f"{name} in {folder} vs {reference_dir}: {exc}") from exc
             per_video.append({"file": name, **values, **({"lpips": None} if lpips_model is None else {})})
@@ -353,10 +416,10 @@ def evaluate_vbench(args: argparse.Namespace, device: torch.device) -> tuple[dic
         videos = existing_dir(args.vbench, "video")
         if not args.vbench_info:
             raise UsageError("--vbench needs --vbench-info, VBench's full-info JSON (e.g. VBench_full_info.json)")
-        info = Path(args.vbench_info).expanduser()
-        if not info.is_file():
-            raise UsageError(f"VBench full-info JSON not found: {info.absolute()}")
+        info = check_vbench_info(Path(args.vbench_info).expanduser())
         output_dir = Path(args.vbench_output or videos.parent / f"{videos.name}-vbench").expanduser()
+        check_output_folder(output_dir, "--vbench-output")
+        check_videos_decode(videos, args.progress)
         results = run_vbench(videos, info, args.dimensions, output_dir, device, args.vbench_local_checkpoints)
         scores, files = read_vbench_results([results])
     try:
@@ -379,22 +442,67 @@ def default_output(args: argparse.Namespace) -> Path:
     return folder.parent / f"{folder.name}-{'vbench' if args.vbench else 'quality'}.json"
 
 
-def main(args: argparse.Namespace) -> dict:
-    modes = [bool(args.reference_dir or args.candidate_dir), bool(args.vbench), bool(args.vbench_results)]
-    if sum(modes) != 1:
+# Flags that only one mode reads: given in another mode they would be ignored without a word.
+MODE_FLAGS = {
+    "paired": {"lpips_weights": "--lpips-weights", "lpips_net": "--lpips-net", "batch_size": "--batch-size"},
+    "vbench": {
+        "vbench_info": "--vbench-info",
+        "dimensions": "--dimensions",
+        "vbench_output": "--vbench-output",
+        "vbench_local_checkpoints": "--vbench-local-checkpoints",
+    },
+}
+MODE_NAMES = {"paired": "--reference-dir/--candidate-dir", "vbench": "--vbench", "results": "--vbench-results"}
+
+
+def check_mode(args: argparse.Namespace) -> str:
+    """The one mode chosen ("paired", "vbench" or "results"), its flags' defaults filled in; a flag of another
+    mode, or no mode or two, is a :class:`UsageError`."""
+    chosen = [
+        mode
+        for mode, given in (
+            ("paired", args.reference_dir or args.candidate_dir),
+            ("vbench", args.vbench),
+            ("results", args.vbench_results),
+        )
+        if given
+    ]
+    if len(chosen) != 1:
         raise UsageError("choose one mode: --reference-dir with --candidate-dir, --vbench, or --vbench-results")
-    if modes[0] and not (args.reference_dir and args.candidate_dir):
+    mode = chosen[0]
+    if mode == "paired" and not (args.reference_dir and args.candidate_dir):
         raise UsageError("paired mode needs both --reference-dir and --candidate-dir")
+    for owner, flags in MODE_FLAGS.items():
+        for name, flag in flags.items():
+            if owner != mode and getattr(args, name) is not None:
+                raise UsageError(f"{flag} is for {MODE_NAMES[owner]} mode, not {MODE_NAMES[mode]}: drop {flag}")
+    args.lpips_net = args.lpips_net or "alex"
+    args.batch_size = args.batch_size or DEFAULT_BATCH_SIZE
+    args.dimensions = args.dimensions or list(VBENCH_DIMENSIONS)
+    args.vbench_local_checkpoints = bool(args.vbench_local_checkpoints)
+    return mode
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Check the mode, the device and the output path (before any video is read), then evaluate and save."""
+    mode = check_mode(args)
     device = resolve_device(args.device)
-    record, markdown = evaluate_pairs(args, device) if modes[0] else evaluate_vbench(args, device)
-    save_report(args.output or default_output(args), record, markdown)
+    output = check_output_file(args.output or default_output(args), "--output", REPORT_SUFFIXES)
+    record, markdown = evaluate_pairs(args, device) if mode == "paired" else evaluate_vbench(args, device)
+    save_report(output, record, markdown)
     return record
 
 
-if __name__ == "__main__":
-    arguments = build_parser().parse_args()
+def cli(argv: Sequence[str] | None = None) -> dict:
+    """The command line: parse ``argv`` (default: ``sys.argv``) and run; bad input exits 2 with one ``error:`` line
+    (whitespace collapsed, so that a message is one line)."""
+    arguments = build_parser().parse_args(argv)
     try:
-        main(arguments)
-    except ValueError as err:
+        return main(arguments)
+    except (ValueError, CheckpointError) as err:  # UsageError included, and the metric helpers' ValueErrors
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        sys.exit(2)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    cli()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_quality_metrics import save_random_lpips_weights
 
-from common.quality_metrics import PSNR_CAP_DB
+from common.quality_metrics import LPIPS_WEIGHTS_ENV, PSNR_CAP_DB
 from common.video_io import read_video, write_video
 from taylorseer_hunyuanvideo import evaluate
 from taylorseer_hunyuanvideo.evaluate import VBENCH_DIMENSIONS, aggregate_vbench
@@ -32,6 +32,14 @@ def video(seed: int) -> np.ndarray:
 def noisy(frames: np.ndarray, seed: int) -> np.ndarray:
     signs = np.random.default_rng(100 + seed).choice([-NOISE, NOISE], size=frames.shape)
     return (frames.astype(int) + signs).astype(np.uint8)
+
+
+@pytest.fixture
+def no_lpips(tmp_path, monkeypatch) -> Path:
+    """No LPIPS weights anywhere: the default search ends at a missing $TAYLORSEER_LPIPS_WEIGHTS."""
+    missing = tmp_path / "missing.pth"
+    monkeypatch.setenv(LPIPS_WEIGHTS_ENV, str(missing))
+    return missing
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +106,7 @@ def test_paired_videos_identical_and_noisy(videos, lpips_weights, tmp_path):
     )
 
 
-def test_each_video_is_decoded_once_with_two_candidates(videos, tmp_path, monkeypatch, capsys):
+def test_each_video_is_decoded_once_with_two_candidates(videos, no_lpips, tmp_path, monkeypatch, capsys):
     """A reference video is read once, not once per candidate folder, and so is every candidate video."""
     reads: dict[Path, int] = {}
     read_frames = evaluate.read_frames
@@ -110,7 +118,7 @@ def test_each_video_is_decoded_once_with_two_candidates(videos, tmp_path, monkey
     monkeypatch.setattr(evaluate, "read_frames", counting_read_frames)
     record = run_main(
         "--reference-dir", str(videos["full"]), "--candidate-dir", str(videos["same"]), str(videos["noisy"]),
-        "--lpips-weights", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "hv.json"),
+        "--output", str(tmp_path / "hv.json"),
     )  # fmt: skip
     assert reads == {videos[folder] / name: 1 for folder in ("full", "same", "noisy") for name in NAMES}
     same, noise = record["candidates"]
@@ -121,14 +129,23 @@ def test_each_video_is_decoded_once_with_two_candidates(videos, tmp_path, monkey
     assert err.count("LPIPS skipped (null), PSNR and SSIM still run") == 1 and same["lpips"] is None
 
 
-def test_missing_lpips_weights_leave_lpips_null(videos, tmp_path, capsys):
+def test_missing_lpips_weights_leave_lpips_null(videos, no_lpips, tmp_path, monkeypatch, capsys):
     record = run_main(
         "--reference-dir", str(videos["full"]), "--candidate-dir", str(videos["noisy"]),
-        "--lpips-weights", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "hv.json"),
+        "--output", str(tmp_path / "hv.json"),
     )  # fmt: skip
     candidate = record["candidates"][0]
     assert candidate["lpips"] is None and candidate["psnr"] > 20
     assert "alexnet-owt-7be5be79.pth" in capsys.readouterr().err
+    # Weights named with --lpips-weights must load: a missing file is an error, not a silent null.
+    code, err = run_script(
+        monkeypatch, capsys, "--reference-dir", str(videos["full"]), "--candidate-dir", str(videos["noisy"]),
+        "--lpips-weights", str(no_lpips), "--output", str(tmp_path / "named.json"),
+    )  # fmt: skip
+    assert (
+        code == 2 and err.count("error:") == 1 and "LPIPS backbone weights (alexnet-owt-7be5be79.pth) not found" in err
+    )
+    assert not (tmp_path / "named.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -138,12 +155,12 @@ def test_missing_lpips_weights_leave_lpips_null(videos, tmp_path, capsys):
         (video(0)[:, :16], "frame sizes differ: reference 32x32, candidate 32x16"),
     ],
 )
-def test_frame_count_and_size_mismatches_are_errors(videos, tmp_path, monkeypatch, capsys, frames, message):
+def test_frame_count_and_size_mismatches_are_errors(videos, no_lpips, tmp_path, monkeypatch, capsys, frames, message):
     candidate = tmp_path / "candidate"
     write_video(candidate / NAMES[0], frames, quality=None)
     code, err = run_script(
         monkeypatch, capsys, "--reference-dir", str(videos["full"]), "--candidate-dir", str(candidate),
-        "--lpips-weights", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "out.json"),
+        "--output", str(tmp_path / "out.json"),
     )  # fmt: skip
     assert code == 2
     error = err.splitlines()[-1]
