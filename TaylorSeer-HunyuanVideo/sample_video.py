@@ -46,6 +46,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -673,14 +674,15 @@ def run(args: argparse.Namespace, config: TaylorSeerConfig, ranks: VideoRanks, w
         record_written(records_path, planned[job.path.name], job.path)
         written.append(str(job.path))
         seconds.append(out.seconds)
+        # The newline in the text (end=""): one write per line, so that ranks sharing stdout never split a line.
         tqdm.write(
             f"Success, time: {out.seconds:.2f} s (TaylorSeer: {full} full, {forecast} forecast steps; "
-            f"seed {job.seed}) -> {job.path}"
+            f"seed {job.seed}) -> {job.path}\n",
+            end="",
         )
-    print(
+    _print_line(
         f"rank {ranks.rank}/{ranks.world_size}: wrote {len(written)} videos; {len(jobs) - len(pending)} of "
-        f"{len(jobs)} were already there",
-        flush=True,
+        f"{len(jobs)} were already there"
     )
     ranks.process.barrier()
     summary = {
@@ -694,8 +696,15 @@ def run(args: argparse.Namespace, config: TaylorSeerConfig, ranks: VideoRanks, w
         "full_steps": full,
         "forecast_steps": forecast,
     }
-    print(json.dumps(summary), flush=True)
+    _print_line(json.dumps(summary))
     return summary
+
+
+def _print_line(text: str) -> None:
+    """``text`` and its newline in ONE write, flushed: print() writes them separately, and unbuffered (as with
+    PYTHONUNBUFFERED) another rank's line can land between them."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def _damaged_videos(

@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "TaylorSeer-HunyuanVideo" / "sample_video.py"
 # One thread per process: torchrun's workers run one anyway, and equal thread counts keep the float sums identical.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# Unbuffered output, the worst case for two ranks sharing stdout: every status line must still be one write.
+UNBUFFERED = {**ENV, "PYTHONUNBUFFERED": "1"}
 PAPER = ["--video-size", "480", "640", "--video-length", "65", "--infer-steps", "50"]
 PROMPTS = ["a cat sitting on a table", "a red car on a street/road", "a bird flying over the sea", "a horse"]
 
@@ -246,7 +248,7 @@ def test_torchrun_two_processes_write_the_videos_of_one(ckpts, prompt_json, tmp_
     one = run_main(tiny_argv(ckpts, tmp_path / "one", *common))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT)]
     result = subprocess.run([*command, *tiny_argv(ckpts, tmp_path / "two", *common)],
-                            capture_output=True, text=True, env=ENV)  # fmt: skip
+                            capture_output=True, text=True, env=UNBUFFERED)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     written = {int(rank): int(count) for rank, count in re.findall(r"rank (\d)/2: wrote (\d+) videos", result.stdout)}
     assert written == {0: 2, 1: 2}
