@@ -11,6 +11,7 @@ The diffusion loops stay generic: the cache reaches the model through ``model_kw
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ def sample_dit(
     With ``cfg_scale > 1`` the batch is doubled with null labels and guided as upstream DiT does; a list of generators
     is doubled with it, so row i and its null-label copy n + i both draw from generator i.
     """
+    if not math.isfinite(cfg_scale):
+        # NaN or inf guidance turns every sample into NaN: refuse it rather than return black images.
+        raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
     device = next(model.parameters()).device
     num_classes = model.y_embedder.num_classes
     labels = torch.as_tensor(list(class_labels), dtype=torch.long, device=device)

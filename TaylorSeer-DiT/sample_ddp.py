@@ -7,47 +7,105 @@
 Every sample index i has its own seed, drawn from (--global-seed, i): its class label, its initial noise and, for DDPM,
 its per-step noise. Indices are sampled in fixed global batches of --per-proc-batch-size consecutive indices, batch j on
 rank j % K, so the images are bit-identical whatever the number of processes K. Each image is written atomically as
-{sample-dir}/{name}/{i:06d}.png; rerunning the same command after an interruption samples only the batches with
-missing PNGs. At the end rank 0 packs them into {sample-dir}/{name}.npz (arr_0: (N, H, W, 3) uint8, the input of the
-ADM / guided-diffusion FID evaluator) and writes the settings and timings to {sample-dir}/{name}.json.
+{sample-dir}/{name}/{i:06d}.png, where {name} holds every setting that changes the images and a fingerprint of the
+weights' content (every train.py checkpoint is called last.pt). {name}/metadata.jsonl records each PNG's settings,
+weights fingerprint and, once written, its SHA-256.
+
+Rerunning the same command after an interruption samples only the batches with missing PNGs. A folder whose records
+name other settings or weights is refused; a PNG whose bytes differ from its recorded checksum (truncated, swapped), or
+that has none and does not decode at the right size, is set aside as {i:06d}.png.damaged and sampled again. At the end
+rank 0 packs the verified PNGs into {sample-dir}/{name}.npz (arr_0: (N, H, W, 3) uint8, the input of the ADM /
+guided-diffusion FID evaluator) and writes the settings and each rank's
+timings to {sample-dir}/{name}.json. Samples that hold NaN or inf end the run with one error before they are written.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
-from common.cli import HelpFormatter, run_cli
+from common.cli import (
+    MAX_SEED,
+    HelpFormatter,
+    UsageError,
+    check_output_folder,
+    int_range,
+    run_cli,
+    warn,
+)
 from common.distributed import Distributed, setup_distributed
 from common.images import to_uint8
+from common.integrity import check_finite, set_aside, verify_png
 from common.io import atomic_write, remove_stale_temps
+from common.run_records import (
+    CHECKSUM,
+    RECORDS_FILE,
+    append_records,
+    check_consistent,
+    damaged_outputs,
+    read_records,
+    record_written,
+)
 from common.taylor_cache import TaylorCache, TaylorSeerConfig, full_step_indices
+from taylorseer_dit.checkpoints import find_dit_checkpoint
 from taylorseer_dit.defaults import BUNDLED_MODEL
 from taylorseer_dit.diffusion import GaussianDiffusion, create_diffusion
 from taylorseer_dit.models import DiT
 from taylorseer_dit.pipeline import SamplingResult, decode_latents, sample_dit
-from taylorseer_dit.sampling_args import add_model_args, check_model_args, load_model_and_vae
+from taylorseer_dit.sampling_args import (
+    NAN_SUSPECTS,
+    add_model_args,
+    check_device,
+    check_model_args,
+    load_model_and_vae,
+    weights_id,
+)
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
+
+# PNG names have six digits, so that a plain sort of the folder is the index order.
+MAX_FID_SAMPLES = 1_000_000
+# Larger batches only run out of memory; upstream DiT uses 32 per GPU.
+MAX_BATCH_SIZE = 4096
+# Characters of the weights fingerprint in the folder name: enough to tell checkpoints apart, short enough to read.
+FOLDER_ID_CHARS = 8
+# Record keys that are information, not settings: moving the weights or the VAE folder changes no image.
+UNCOMPARED_FIELDS = ("ckpt", "vae_path")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(parser)
     parser.add_argument("--sample-dir", default="samples", help="parent folder of the run's PNG folder, .npz and .json")
-    parser.add_argument("--per-proc-batch-size", type=int, default=32, help="images per forward batch per process")
-    parser.add_argument("--num-fid-samples", type=int, default=50000, help="number of images to sample")
-    parser.add_argument("--global-seed", type=int, default=0, help="seed that, with its index, seeds every sample")
+    parser.add_argument(
+        "--per-proc-batch-size",
+        type=int_range(1, MAX_BATCH_SIZE),
+        default=32,
+        help="images per forward batch per process",
+    )
+    parser.add_argument(
+        "--num-fid-samples", type=int_range(1, MAX_FID_SAMPLES), default=50000, help="number of images to sample"
+    )
+    parser.add_argument(
+        "--global-seed",
+        type=int_range(0, MAX_SEED),
+        default=0,
+        help="seed that, with its index, seeds every sample",
+    )
     parser.add_argument(
         "--tf32",
         action=argparse.BooleanOptionalAction,
@@ -63,29 +121,27 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TaylorSeerConfig:
     """Fill the per-model defaults, then exit through ``parser.error`` on any invalid flag."""
     config = check_model_args(args, parser)
-    if args.num_fid_samples < 1:
-        parser.error(f"--num-fid-samples must be >= 1, got {args.num_fid_samples}")
-    if args.per_proc_batch_size < 1:
-        parser.error(f"--per-proc-batch-size must be >= 1, got {args.per_proc_batch_size}")
-    if args.global_seed < 0:
-        parser.error(f"--global-seed must be >= 0, got {args.global_seed}")
     if args.vae == "none" and args.in_channels not in (1, 3):
         parser.error(
             f"--vae none writes the model output as the image: --in-channels must be 1 or 3, got {args.in_channels}"
         )
+    check_device(args, parser)
     return config
 
 
-def folder_name(args: argparse.Namespace, config: TaylorSeerConfig) -> str:
-    """Name of the run's folder: every setting that changes the images, so that a rerun resumes only its own run."""
+def folder_name(args: argparse.Namespace, config: TaylorSeerConfig, weights: str) -> str:
+    """Name of the run's folder: every setting that changes the images, so that a rerun resumes only its own run.
+
+    ``weights`` is the weights' content fingerprint: every train.py checkpoint is called last.pt, so the file name
+    alone would put two models' images in one folder."""
     if args.ckpt is not None:
-        weights = Path(args.ckpt).stem
+        stem = Path(args.ckpt).stem
     else:
-        weights = "bundled" if args.model == BUNDLED_MODEL and args.image_size == 16 else "default"
+        stem = "bundled" if args.model == BUNDLED_MODEL and args.image_size == 16 else "default"
     sampler = "ddim" if args.ddim_sample else "ddpm"
     name = (
-        f"{args.model.replace('/', '-')}-{weights}-size-{args.image_size}-vae-{args.vae}-cfg-{args.cfg_scale}"
-        f"-seed-{args.global_seed}-{sampler}{args.num_sampling_steps}"
+        f"{args.model.replace('/', '-')}-{stem}-{weights[:FOLDER_ID_CHARS]}-size-{args.image_size}-vae-{args.vae}"
+        f"-cfg-{args.cfg_scale}-seed-{args.global_seed}-{sampler}{args.num_sampling_steps}"
         f"-N{config.interval}-O{config.max_order}-E{config.first_enhance}"
     )
     if config.derivative_start_step:
@@ -93,6 +149,67 @@ def folder_name(args: argparse.Namespace, config: TaylorSeerConfig) -> str:
     if args.factor_dtype != "auto":
         name += f"-F{args.factor_dtype}"
     return name
+
+
+# What each PNG is, in {folder}/metadata.jsonl.
+
+
+def image_settings(args: argparse.Namespace, config: TaylorSeerConfig, weights: str) -> dict:
+    """Everything that determines the images, ``weights_id`` included; plus the paths, as uncompared information."""
+    return {
+        "model": args.model,
+        "weights_id": weights,
+        "image_size": args.image_size,
+        "in_channels": args.in_channels,
+        "num_classes": args.num_classes,
+        "vae": args.vae,
+        "cfg_scale": args.cfg_scale,
+        "sampler": "ddim" if args.ddim_sample else "ddpm",
+        "num_sampling_steps": args.num_sampling_steps,
+        "global_seed": args.global_seed,
+        "interval": config.interval,
+        "max_order": config.max_order,
+        "first_enhance": config.first_enhance,
+        "derivative_start_step": config.derivative_start_step,
+        "factor_dtype": args.factor_dtype,
+        "ckpt": str(find_dit_checkpoint(args.model, args.image_size, args.ckpt).absolute()),
+        "vae_path": args.vae_path,
+    }
+
+
+def plan_records(num_samples: int, settings: Mapping) -> dict[str, dict]:
+    """PNG name -> its record, for every index of the run."""
+    return {png_name(i): {"file": png_name(i), "index": i, **settings} for i in range(num_samples)}
+
+
+def check_run_files(folder: Path) -> None:
+    """Refuse a folder where the run's .npz or .json goes: found only after hours of sampling, it would lose them."""
+    for extension in (".npz", ".json"):
+        path = beside(folder, extension)
+        if path.is_dir():
+            raise UsageError(
+                f"{path} is a folder, where this run writes its {extension} file: move it away or choose another "
+                "--sample-dir"
+            )
+
+
+def prepare_folder(folder: Path, existing: Mapping[str, dict], planned: Mapping[str, dict], image_size: int) -> None:
+    """Rank 0, before any rank samples: create the folder, drop killed writes' temporaries, set aside every PNG that
+    cannot be adopted (checksum differs, or no checksum and it does not decode at the right size) so that it is
+    sampled again, and record the planned PNGs, with the checksum of those adopted without one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder)
+    damaged = damaged_outputs(folder, existing, planned, lambda path: verify_png(path, (image_size, image_size)))
+    for name, reason in damaged.items():
+        moved = set_aside(folder / name)
+        warn(f"{folder / name} {reason}: moved to {moved.name}; it is sampled again")
+    records = folder / RECORDS_FILE
+    append_records(records, existing, planned)
+    for name, record in planned.items():
+        # A PNG written by a run killed before it recorded the checksum, now verified: record it, so the packing
+        # (which packs only PNGs whose checksum matches) takes it.
+        if (folder / name).exists() and CHECKSUM not in existing.get(name, {}):
+            record_written(records, record, folder / name)
 
 
 # Distribution of the work.
@@ -130,8 +247,12 @@ def sample_inputs(
 # Image files.
 
 
+def png_name(index: int) -> str:
+    return f"{index:06d}.png"
+
+
 def png_path(folder: Path, index: int) -> Path:
-    return folder / f"{index:06d}.png"
+    return folder / png_name(index)
 
 
 def beside(folder: Path, extension: str) -> Path:
@@ -150,22 +271,30 @@ def save_png_atomic(image: np.ndarray, path: Path) -> None:
     atomic_write(path, lambda temp: Image.fromarray(pixels).save(temp, format="PNG"))
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """A PNG as (H, W, 3) uint8; grayscale is repeated to three channels, the layout FID evaluators read."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+def verified_rgb(path: Path, checksum: str | None, image_size: int) -> np.ndarray:
+    """The PNG at ``path`` as (H, W, 3) uint8 (grayscale repeated to three channels, the layout FID evaluators read),
+    once its bytes match ``checksum`` and it decodes at ``image_size``; else a :class:`UsageError` saying to rerun."""
+    rerun = "rerun the same command: it sets damaged PNGs aside and samples them again"
+    data = path.read_bytes() if path.is_file() else None
+    if data is None or checksum is None or hashlib.sha256(data).hexdigest() != checksum:
+        problem = "is missing" if data is None else "has no recorded checksum" if checksum is None else "was changed"
+        raise UsageError(f"{path} {problem} since this run wrote it, so it is not packed: {rerun}")
+    with Image.open(io.BytesIO(data)) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    if pixels.shape != (image_size, image_size, 3):
+        raise UsageError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]}, expected {image_size}x{image_size}: {rerun}")
+    return pixels
 
 
-def pack_npz(folder: Path, num_samples: int, path: Path) -> tuple[int, ...]:
-    """All PNGs in index order as ``arr_0`` (N, H, W, 3) uint8, grayscale repeated to RGB; returns the shape."""
-    missing = [i for i in range(num_samples) if not png_path(folder, i).exists()]
-    if missing:
-        raise RuntimeError(f"{len(missing)} PNGs are missing from {folder} (first: {png_path(folder, missing[0])})")
-    first = read_rgb(png_path(folder, 0))
+def pack_npz(folder: Path, num_samples: int, path: Path, image_size: int) -> tuple[int, ...]:
+    """All PNGs in index order as ``arr_0`` (N, H, W, 3) uint8, grayscale repeated to RGB; returns the shape. Only
+    PNGs whose bytes match the checksum recorded when they were written are packed: anything else is an error."""
+    records = read_records(folder / RECORDS_FILE)
     # Filled in place: 50k ImageNet-256 images are ~10 GB, a list plus np.stack would need twice that.
-    samples = np.empty((num_samples, *first.shape), dtype=np.uint8)
+    samples = np.empty((num_samples, image_size, image_size, 3), dtype=np.uint8)
     for index in range(num_samples):
-        samples[index] = read_rgb(png_path(folder, index))
+        checksum = records.get(png_name(index), {}).get(CHECKSUM)
+        samples[index] = verified_rgb(png_path(folder, index), checksum, image_size)
 
     # The temporary file lies in the PNG folder (same file system), whose stale temporaries the run removes: the
     # parent folder may hold other runs' temporaries.
@@ -217,7 +346,8 @@ class Sampler:
         return cls(args, config, model, create_diffusion(str(args.num_sampling_steps)), cache, vae)
 
     def images(self, indices: range) -> tuple[np.ndarray, SamplingResult]:
-        """The uint8 images (n, H, W, C) of one global batch: they depend only on its indices and the flags."""
+        """The uint8 images (n, H, W, C) of one global batch: they depend only on its indices and the flags. Samples
+        that hold NaN or inf end the run (:class:`NonFiniteOutputError`) before any of them is written."""
         args, model = self.args, self.model
         latent_shape = (model.in_channels, model.input_size, model.input_size)
         labels, noise, generators = sample_inputs(indices, args.global_seed, args.num_classes, latent_shape)
@@ -232,13 +362,20 @@ class Sampler:
             noise=noise,
             generator=generators,
         )
-        images = result.samples if self.vae is None else decode_latents(self.vae, result.samples)
+        what = f"the samples of indices {indices.start}..{indices.stop - 1}"
+        check_finite(result.samples, what, NAN_SUSPECTS)
+        if self.vae is None:
+            return to_hwc_uint8(result.samples), result
+        images = decode_latents(self.vae, result.samples)
+        check_finite(images, f"the VAE decoding of {what}", "--vae, --vae-path (the VAE weights)")
         return to_hwc_uint8(images), result
 
 
-def sample_rank_batches(sampler: Sampler, setup: Distributed, folder: Path) -> RankStats:
-    """Sample this rank's global batches (j % K == rank), skipping those whose PNGs all exist."""
+def sample_rank_batches(sampler: Sampler, setup: Distributed, folder: Path, planned: Mapping[str, dict]) -> RankStats:
+    """Sample this rank's global batches (j % K == rank), skipping those whose PNGs all exist; record each PNG's
+    checksum right after writing it."""
     args = sampler.args
+    records = folder / RECORDS_FILE
     stats = RankStats()
     batches = global_batches(args.num_fid_samples, args.per_proc_batch_size)[setup.rank :: setup.world_size]
     for indices in tqdm(batches, desc=f"rank {setup.rank} batches", disable=setup.rank != 0):
@@ -249,7 +386,9 @@ def sample_rank_batches(sampler: Sampler, setup: Distributed, folder: Path) -> R
         # The whole batch is recomputed even when only some PNGs are missing: the same batch gives the same images.
         images, result = sampler.images(indices)
         for index in missing:
-            save_png_atomic(images[index - indices.start], png_path(folder, index))
+            path = png_path(folder, index)
+            save_png_atomic(images[index - indices.start], path)
+            record_written(records, planned[path.name], path)
         stats.add(result, len(missing))
     if stats.full_steps is None:  # nothing left to sample: report the schedule the batches were sampled with
         stats.full_steps = len(full_step_indices(args.num_sampling_steps, sampler.config))
@@ -257,10 +396,31 @@ def sample_rank_batches(sampler: Sampler, setup: Distributed, folder: Path) -> R
     return stats
 
 
+def say(line: str) -> None:
+    """Print ``line`` and its newline in one write: print() under PYTHONUNBUFFERED writes them separately, and the
+    lines of ranks that share one stdout would interleave between the two."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def gather_stats(setup: Distributed, stats: RankStats) -> list[RankStats]:
+    """Every rank's stats, in rank order (collective: every rank must call it)."""
+    if not setup.initialized:
+        return [stats]
+    everyone: list[RankStats | None] = [None] * setup.world_size
+    dist.all_gather_object(everyone, stats)
+    return everyone
+
+
 def write_summary(
-    args: argparse.Namespace, setup: Distributed, folder: Path, stats: RankStats, shape: tuple[int, ...]
+    args: argparse.Namespace,
+    setup: Distributed,
+    folder: Path,
+    weights: str,
+    all_stats: Sequence[RankStats],
+    shape: tuple[int, ...],
 ) -> dict:
-    """Rank 0's record of the run, written to {folder}.json."""
+    """Rank 0's record of the run, written to {folder}.json: totals over the ranks and each rank's share."""
     summary = {
         "folder": str(folder),
         "npz": str(beside(folder, ".npz")),
@@ -268,9 +428,15 @@ def write_summary(
         "num_samples": args.num_fid_samples,
         "npz_shape": list(shape),
         "world_size": setup.world_size,
+        "weights_id": weights,
         "settings": vars(args),
-        "stats_of_rank": setup.rank,
-        **asdict(stats),
+        "batches_sampled": sum(s.batches_sampled for s in all_stats),
+        "batches_skipped": sum(s.batches_skipped for s in all_stats),
+        "samples_written": sum(s.samples_written for s in all_stats),
+        "sampling_seconds": sum(s.sampling_seconds for s in all_stats),
+        "full_steps": all_stats[0].full_steps,
+        "forecast_steps": all_stats[0].forecast_steps,
+        "ranks": [asdict(s) for s in all_stats],
     }
     atomic_write(beside(folder, ".json"), lambda temp: temp.write_text(json.dumps(summary, indent=2) + "\n"))
     return summary
@@ -279,28 +445,33 @@ def write_summary(
 def run(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distributed) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
+    sample_dir = check_output_folder(args.sample_dir, "--sample-dir")
     # Loaded before any file is written, so that a missing checkpoint fails without leaving an empty folder.
     sampler = Sampler.load(args, config, setup.device)
-    folder = Path(args.sample_dir) / folder_name(args, config)
+    weights = weights_id(args)
+    folder = sample_dir / folder_name(args, config, weights)
+    check_run_files(folder)
+    planned = plan_records(args.num_fid_samples, image_settings(args, config, weights))
+    existing = read_records(folder / RECORDS_FILE)
+    check_consistent(folder, existing, planned, uncompared=UNCOMPARED_FIELDS, output_flag="--sample-dir")
+    setup.barrier()  # every rank has checked the records before rank 0 changes them
     if setup.rank == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(folder)
+        prepare_folder(folder, existing, planned, args.image_size)
     setup.barrier()
-    stats = sample_rank_batches(sampler, setup, folder)
-    print(
+    stats = sample_rank_batches(sampler, setup, folder, planned)
+    say(
         f"rank {setup.rank}/{setup.world_size}: sampled {stats.batches_sampled} batches, wrote "
         f"{stats.samples_written} PNGs, skipped {stats.batches_skipped} complete batches "
-        f"({stats.sampling_seconds:.2f} s sampling)",
-        flush=True,
+        f"({stats.sampling_seconds:.2f} s sampling)"
     )
-    setup.barrier()
+    all_stats = gather_stats(setup, stats)  # also the barrier after which every PNG is written
     if setup.rank != 0:
         return asdict(stats)
-    shape = pack_npz(folder, args.num_fid_samples, beside(folder, ".npz"))
-    summary = write_summary(args, setup, folder, stats, shape)
-    print(f"{args.num_fid_samples} PNGs in {folder}/")
-    print(f"saved {summary['npz']} (arr_0 {tuple(shape)} uint8) and {summary['json']}")
-    print(json.dumps({k: v for k, v in summary.items() if k != "settings"}))
+    shape = pack_npz(folder, args.num_fid_samples, beside(folder, ".npz"), args.image_size)
+    summary = write_summary(args, setup, folder, weights, all_stats, shape)
+    say(f"{args.num_fid_samples} PNGs in {folder}/")
+    say(f"saved {summary['npz']} (arr_0 {tuple(shape)} uint8) and {summary['json']}")
+    say(json.dumps({k: v for k, v in summary.items() if k != "settings"}))
     return summary
 
 
@@ -314,8 +485,13 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
         setup.close()
 
 
-if __name__ == "__main__":
+def cli(argv: Sequence[str] | None = None) -> dict:
+    """The command line: parse and check ``argv`` (default: sys.argv), run, and exit 2 with one line on bad input."""
     parser = build_parser()
-    arguments = parser.parse_args()
-    taylorseer_config = check_args(arguments, parser)
-    run_cli(main, arguments, taylorseer_config)
+    args = parser.parse_args(argv)
+    config = check_args(args, parser)
+    return run_cli(main, args, config)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,32 +1,61 @@
 """Flags shared by the DiT sampling scripts (sample.py, sample_ddp.py): the model, its weights and the sampler.
 
 Sampling flags default to None and take the chosen model's values from defaults.py after parsing, so the bundled
-digits model and DiT-XL/2 each get their own defaults while flags given on the command line always win.
+digits model and DiT-XL/2 each get their own defaults while flags given on the command line always win. Every number
+is range-checked by its argparse type (NaN and inf included), so a bad value ends in one ``error:`` line before any
+weights are read.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 import torch
 
-from common.cli import add_taylorseer_args, taylorseer_config_from_args
+from common.cli import (
+    UsageError,
+    add_taylorseer_args,
+    check_schedule_flags,
+    finite_float,
+    int_range,
+    parse_device,
+    taylorseer_config_from_args,
+)
+from common.integrity import weights_fingerprint
 from common.taylor_cache import TaylorSeerConfig
-from taylorseer_dit.checkpoints import load_dit, load_vae
+from taylorseer_dit.checkpoints import DEFAULT_DIR, VAE_DIR_ENV, find_dit_checkpoint, load_dit, load_vae
 from taylorseer_dit.defaults import BUNDLED_MODEL, apply_sampling_defaults, sampling_defaults
 from taylorseer_dit.models import DiT, DiT_models
 
 __all__ = [
     "add_model_args",
+    "check_device",
     "check_model_args",
     "latent_scale",
     "load_model_and_vae",
+    "weights_id",
+    "MAX_CFG_SCALE",
+    "MAX_CHANNELS",
+    "MAX_CLASSES",
     "MAX_IMAGE_SIZE",
+    "MAX_SAMPLING_STEPS",
+    "NAN_SUSPECTS",
     "VAE_DOWNSAMPLE",
 ]
 
 VAE_DOWNSAMPLE = 8
 MAX_IMAGE_SIZE = 1024
+# DiT's diffusion has 1000 training steps; respacing can pick each of them at most once.
+MAX_SAMPLING_STEPS = 1000
+# Published DiT guidance is 1.5 to 4; beyond 100 the guided eps dwarfs the noise and the samples blow up.
+MAX_CFG_SCALE = 100.0
+# Bounds that keep a typo (an extra zero or three) from building a label table or patch embedding of gigabytes.
+MAX_CLASSES = 100_000
+MAX_CHANNELS = 64
+NAN_SUSPECTS = "--cfg-scale, --num-sampling-steps, the checkpoint"
+"""What to check when the samples hold NaN or inf: a setting or weights, almost never the sampler."""
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -54,11 +83,27 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help="local diffusers folder of the VAE; None = $TAYLORSEER_VAE_DIR/sd-vae-ft-KIND, else "
         "pretrained_models/sd-vae-ft-KIND",
     )
-    parser.add_argument("--image-size", type=int, help="output image size; " + per_model("image_size"))
-    parser.add_argument("--in-channels", type=int, help="model input channels; " + per_model("in_channels"))
-    parser.add_argument("--num-classes", type=int, help="classes the model was trained on; " + per_model("num_classes"))
-    parser.add_argument("--cfg-scale", type=float, help="classifier-free guidance (1 = off); " + per_model("cfg_scale"))
-    parser.add_argument("--num-sampling-steps", type=int, help="respaced steps; " + per_model("num_sampling_steps"))
+    parser.add_argument(
+        "--image-size", type=int_range(1, MAX_IMAGE_SIZE), help="output image size; " + per_model("image_size")
+    )
+    parser.add_argument(
+        "--in-channels", type=int_range(1, MAX_CHANNELS), help="model input channels; " + per_model("in_channels")
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int_range(1, MAX_CLASSES),
+        help="classes the model was trained on; " + per_model("num_classes"),
+    )
+    parser.add_argument(
+        "--cfg-scale",
+        type=finite_float(1.0, MAX_CFG_SCALE),
+        help="classifier-free guidance (1 = off); " + per_model("cfg_scale"),
+    )
+    parser.add_argument(
+        "--num-sampling-steps",
+        type=int_range(1, MAX_SAMPLING_STEPS),
+        help="respaced steps; " + per_model("num_sampling_steps"),
+    )
     parser.add_argument(
         "--ddim-sample",
         action=argparse.BooleanOptionalAction,
@@ -71,20 +116,25 @@ def check_model_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     """Fill the model's defaults into unset flags; exit through ``parser.error`` on a bad one; return the config."""
     apply_sampling_defaults(args)
     config = taylorseer_config_from_args(args, parser)
-    if args.num_sampling_steps < 1:
-        parser.error(f"--num-sampling-steps must be >= 1, got {args.num_sampling_steps}")
-    if args.cfg_scale < 1.0:
-        parser.error(f"--cfg-scale must be >= 1.0 (1.0 disables guidance), got {args.cfg_scale}")
-    if args.num_classes < 1 or args.in_channels < 1:
-        parser.error("--num-classes and --in-channels must be >= 1")
+    # Only now is the step count known (it may be the model's default): a schedule that would run TaylorSeer as
+    # FORA under a TaylorSeer label is refused here, before any weights are read.
+    check_schedule_flags(config, args.num_sampling_steps, parser)
     patch = int(args.model.rsplit("/", 1)[1])
     scale = latent_scale(args)
-    if not 1 <= args.image_size <= MAX_IMAGE_SIZE or args.image_size % (scale * patch):
+    if args.image_size % (scale * patch):
         parser.error(
             f"--image-size {args.image_size} must be a positive multiple of {scale * patch} up to {MAX_IMAGE_SIZE} "
             f"for {args.model}" + (f" with a VAE (downsampling {scale} x patch size {patch})" if scale > 1 else "")
         )
     return config
+
+
+def check_device(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuse a --device this machine lacks (CUDA without a GPU, a GPU index past the last) before any compute."""
+    try:
+        parse_device(args.device)
+    except UsageError as err:
+        parser.error(str(err))
 
 
 def latent_scale(args: argparse.Namespace) -> int:
@@ -106,3 +156,20 @@ def load_model_and_vae(args: argparse.Namespace, device: torch.device) -> tuple[
     )
     vae = None if args.vae == "none" else load_vae(args.vae, args.vae_path, device)
     return model, vae
+
+
+def weights_id(args: argparse.Namespace) -> str:
+    """Content identity (16 hex digits) of every weight file that makes the images: the DiT checkpoint that
+    ``--ckpt`` (or the default) resolves to, and the VAE folder when there is one. Call it after the weights loaded,
+    so that a missing file has already been reported with its download hint."""
+    paths = [find_dit_checkpoint(args.model, args.image_size, args.ckpt)]
+    if args.vae != "none":
+        paths.append(_vae_folder(args))
+    return weights_fingerprint(paths)
+
+
+def _vae_folder(args: argparse.Namespace) -> Path:
+    """The folder :func:`load_vae` reads for these flags."""
+    if args.vae_path is not None:
+        return Path(args.vae_path)
+    return Path(os.environ.get(VAE_DIR_ENV) or DEFAULT_DIR) / f"sd-vae-ft-{args.vae}"

@@ -8,15 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_testing import assert_refused
 from dit_testing import tiny_dit, tiny_vae
 from PIL import Image
 
 from common.images import save_grid
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
+from taylorseer_dit import sample as sample_script
 from taylorseer_dit.checkpoints import load_dit
 from taylorseer_dit.diffusion import create_diffusion
-from taylorseer_dit.pipeline import decode_latents, sample_dit
-from taylorseer_dit.sample import build_parser, check_args, main
+from taylorseer_dit.pipeline import SamplingResult, decode_latents, sample_dit
+from taylorseer_dit.sample import Method, build_parser, check_args, cli, main, noise_warnings, time_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "TaylorSeer-DiT" / "sample.py"
@@ -156,11 +158,18 @@ def test_sampling_with_a_local_vae_folder(tmp_path):
         (["--max-order", "-1"], "max_order must be >= 0"),
         (["--model", "DiT-XL/2", "--class-labels", "1000"], "outside [0, 999]"),
         (["--class-labels", "10"], "outside [0, 9]"),  # the bundled digits model has 10 classes
-        (["--cfg-scale", "0.5"], "--cfg-scale must be >= 1.0"),
-        (["--num-sampling-steps", "0"], "--num-sampling-steps must be >= 1"),
+        (["--cfg-scale", "0.5"], "--cfg-scale: expected a finite number >= 1 and <= 100, got 0.5"),
+        (["--cfg-scale", "nan"], "--cfg-scale: expected a finite number >= 1 and <= 100, got 'nan'"),
+        (["--cfg-scale", "inf"], "--cfg-scale: expected a finite number >= 1 and <= 100, got 'inf'"),
+        (["--num-sampling-steps", "0"], "--num-sampling-steps: expected an integer in 1..1000, got 0"),
         (["--model", "DiT-XL/8", "--image-size", "32"], "must be a positive multiple of 64"),
-        (["--image-size", "2048"], "up to 1024"),
+        (["--image-size", "2048"], "--image-size: expected an integer in 1..1024, got 2048"),
         (["--image-size", "18"], "must be a positive multiple of 4"),
+        # 50 DDIM steps, E=2, N=4: full steps 0, 1, 5, ..., 49; step 45 is the last that still precedes a forecast.
+        (["--derivative-start-step", "46"], "use a --derivative-start-step <= 45"),
+        (["--num-sampling-steps", "10", "--derivative-start-step", "6"], "use a --derivative-start-step <= 5"),
+        (["--seed", str(2**63)], "--seed: expected an integer in 0..9223372036854775807"),
+        (["--timing-repeats", "0"], "--timing-repeats: expected an integer in 1..100, got 0"),
     ],
 )
 def test_invalid_flags_exit_with_the_reason(argv, message, capsys):
@@ -169,6 +178,12 @@ def test_invalid_flags_exit_with_the_reason(argv, message, capsys):
         check_args(parser.parse_args(argv), parser)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_derivative_start_step_the_schedule_uses_is_accepted():
+    parser = build_parser()
+    args = parser.parse_args(["--derivative-start-step", "45"])
+    assert check_args(args, parser).derivative_start_step == 45
 
 
 def test_missing_checkpoint_is_one_readable_message(tmp_path):
@@ -181,10 +196,13 @@ def test_missing_checkpoint_is_one_readable_message(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_readme_main_job_runs_the_bundled_model_without_flags(tmp_path):
+def test_readme_main_job_runs_the_bundled_model_without_flags(tmp_path, monkeypatch, capsys):
     """`python TaylorSeer-DiT/sample.py` with no flags: the bundled digits model, full vs FORA vs TaylorSeer."""
-    result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, check=True, cwd=tmp_path)
-    summary = last_json_line(result.stdout)
+    monkeypatch.chdir(tmp_path)
+    # One timed run per method: the repeats are tested on the tiny model below, this test is about the images.
+    monkeypatch.setattr(sample_script, "COMPARE_TIMING_REPEATS", 1)
+    summary = cli([])
+    assert last_json_line(capsys.readouterr().out) == summary
     full, fora, taylor = summary["methods"]
     assert [m["method"] for m in summary["methods"]] == ["full compute", "FORA N=4", "TaylorSeer N=4 O=4"]
     assert (full["full_steps"], fora["full_steps"], taylor["full_steps"]) == (50, 14, 14)  # E=2, N=4, 50 DDIM steps
@@ -195,3 +213,96 @@ def test_readme_main_job_runs_the_bundled_model_without_flags(tmp_path):
     grid = Image.open(tmp_path / "sample.png")
     assert grid.height == 3 * (64 + 4) and grid.width > 10 * (64 + 2)  # three rows of ten digits, enlarged
     assert [Path(p).name for p in summary["raw"]] == ["sample-full.npy", "sample-fora.npy", "sample-taylorseer.npy"]
+
+
+def test_the_bundled_model_is_timed_three_times_when_comparing():
+    parser = build_parser()
+    args = parser.parse_args([])
+    check_args(args, parser)
+    assert args.timing_repeats == 3
+    args = parser.parse_args(["--no-compare"])
+    check_args(args, parser)
+    assert args.timing_repeats == 1
+
+
+# Timing: min of k interleaved runs, and a warning for a wall speedup that only noise can give.
+
+
+def fake_result(seconds: float, value: float = 0.0) -> SamplingResult:
+    return SamplingResult(torch.full((1, 1, 2, 2), value), seconds, 4, 0)
+
+
+def test_methods_are_timed_k_times_interleaved_and_the_fastest_run_counts():
+    methods = [Method("full compute", None), Method("FORA N=2", TaylorSeerConfig(interval=2, max_order=0))]
+    scripted = {"full compute": [5.0, 3.0, 4.0], "FORA N=2": [2.0, 2.5, 1.0]}
+    calls = []
+
+    def sample_once(method: Method) -> SamplingResult:
+        calls.append(method.name)
+        run = sum(1 for name in calls if name == method.name) - 1
+        return fake_result(scripted[method.name][run], value=run)
+
+    timed = time_methods(methods, sample_once, repeats=3)
+    assert calls == ["full compute", "FORA N=2"] * 3  # interleaved: a busy phase slows both alike
+    assert timed["full compute"].seconds == [5.0, 3.0, 4.0] and timed["full compute"].best == 3.0
+    assert timed["FORA N=2"].seconds == [2.0, 2.5, 1.0] and timed["FORA N=2"].best == 1.0
+    assert float(timed["FORA N=2"].result.samples[0, 0, 0, 0]) == 0.0  # the first run's samples are kept
+
+
+def test_a_wall_speedup_above_the_flops_speedup_is_flagged_as_noise():
+    entries = [
+        {"method": "full compute", "wall_speedup": 1.0, "flops_speedup": 1.0},
+        {"method": "FORA N=4", "wall_speedup": 3.0, "flops_speedup": 3.44},
+        {"method": "TaylorSeer N=4 O=4", "wall_speedup": 7.5, "flops_speedup": 3.44},
+        {"method": "alone", "wall_speedup": None, "flops_speedup": 3.44},
+    ]
+    (warning,) = noise_warnings(entries)
+    assert warning.startswith("TaylorSeer N=4 O=4: wall speedup 7.50x exceeds its FLOPs speedup 3.44x")
+    assert "can only be noise" in warning
+
+
+def test_the_table_reports_the_fastest_of_k_runs_and_warns_on_noise(pixel_checkpoint, tmp_path, monkeypatch, capsys):
+    """main with --timing-repeats 2 on scripted sampling times: FORA's second run is impossibly fast."""
+    seconds = iter([9.0, 4.0, 8.0, 0.5])  # full, FORA, full, FORA (the untimed warm-up is not counted)
+    real_sample_dit = sample_script.sample_dit
+
+    def scripted_sample_dit(*args, **kwargs) -> SamplingResult:
+        result = real_sample_dit(*args, **kwargs)
+        if kwargs.get("seed") is None:  # the untimed warm-up run
+            return result
+        result.seconds = next(seconds)
+        return result
+
+    monkeypatch.setattr(sample_script, "sample_dit", scripted_sample_dit)
+    argv = [a for a in pixel_argv(pixel_checkpoint, tmp_path / "g.png", "--interval", "3", "--max-order", "0",
+                                  "--timing-repeats", "2") if a != "--no-compare"]  # fmt: skip
+    summary = run_main(argv)
+    out, err = capsys.readouterr()
+    full, fora = summary["methods"]
+    assert (full["seconds_all"], full["seconds"]) == ([9.0, 8.0], 8.0)
+    assert (fora["seconds_all"], fora["seconds"]) == ([4.0, 0.5], 0.5)
+    assert fora["wall_speedup"] == 16.0 > fora["flops_speedup"]
+    assert summary["timing_repeats"] == 2 and "seconds, min of 2" in out
+    assert "warning: FORA N=3: wall speedup 16.00x exceeds its FLOPs speedup" in err
+
+
+# Non-finite samples end the run with one message, and nothing is saved.
+
+
+def test_nan_samples_end_the_run_with_one_message_and_no_files(tmp_path, capsys):
+    model = tiny_dit(input_size=16, in_channels=3)
+    with torch.no_grad():
+        model.final_layer.linear.bias.fill_(float("nan"))
+    ckpt = tmp_path / "nan.pt"
+    torch.save(model.state_dict(), ckpt)
+    output = tmp_path / "out" / "grid.png"
+    line = assert_refused(cli, pixel_argv(ckpt, output), "non-finite values (NaN or inf)", capsys, watch=tmp_path)
+    assert "Check --cfg-scale, --num-sampling-steps, the checkpoint" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_sample_dit_refuses_non_finite_guidance():
+    model = tiny_dit(input_size=8, in_channels=3)
+    for scale in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="cfg_scale must be a finite number"):
+            sample_dit(model, create_diffusion("2"), [1], cfg_scale=scale)
