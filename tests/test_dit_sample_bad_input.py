@@ -1,0 +1,320 @@
+"""Every flag and file input of TaylorSeer-DiT/sample.py and sample_ddp.py, given bad values: exit code 2, one
+``error:`` line that names the fix, and nothing written (tests/cli_testing.assert_refused).
+
+Each case is the extra argv appended to a valid command (argparse keeps the last value of a repeated flag), built by a
+function of the test folder that first creates whatever obstacle the case needs (a file where a folder should be, ...).
+Cases that need no weights run with the model loader replaced by a failure: they must be refused before any loading.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from cli_testing import assert_refused
+from dit_testing import tiny_dit, tiny_vae
+
+from taylorseer_dit import sample, sample_ddp
+from taylorseer_dit.sampling_args import weights_id
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+Case = Callable[[Path], list[str]]
+
+
+def flags(*argv: str) -> Case:
+    return lambda folder: list(argv)
+
+
+# Model, sampler and TaylorSeer flags: shared by both scripts (sampling_args.py).
+MODEL_FLAG_CASES = [
+    ("model", flags("--model", "DiT-Huge/2"), "argument --model: invalid choice: 'DiT-Huge/2'"),
+    ("vae", flags("--vae", "kl"), "argument --vae: invalid choice: 'kl'"),
+    ("image-size zero", flags("--image-size", "0"), "--image-size: expected an integer in 1..1024, got 0"),
+    ("image-size text", flags("--image-size", "big"), "--image-size: expected an integer in 1..1024, got 'big'"),
+    ("image-size huge", flags("--image-size", "4096"), "--image-size: expected an integer in 1..1024, got 4096"),
+    ("image-size patch", flags("--image-size", "9"), "--image-size 9 must be a positive multiple of 2"),
+    ("image-size vae", flags("--vae", "ema", "--image-size", "24"), "multiple of 16 up to 1024 for DiT-Tiny/2 with"),
+    ("in-channels zero", flags("--in-channels", "0"), "--in-channels: expected an integer in 1..64, got 0"),
+    ("in-channels huge", flags("--in-channels", "65"), "--in-channels: expected an integer in 1..64, got 65"),
+    ("num-classes zero", flags("--num-classes", "0"), "--num-classes: expected an integer in 1..100000, got 0"),
+    ("num-classes huge", flags("--num-classes", "10000000"), "--num-classes: expected an integer in 1..100000"),
+    ("cfg-scale nan", flags("--cfg-scale", "nan"), "--cfg-scale: expected a finite number >= 1 and <= 100, got 'nan'"),
+    ("cfg-scale inf", flags("--cfg-scale", "inf"), "--cfg-scale: expected a finite number >= 1 and <= 100, got 'inf'"),
+    ("cfg-scale -inf", flags("--cfg-scale=-inf"), "--cfg-scale: expected a finite number >= 1 and <= 100"),
+    ("cfg-scale low", flags("--cfg-scale", "0.5"), "--cfg-scale: expected a finite number >= 1 and <= 100, got 0.5"),
+    ("cfg-scale high", flags("--cfg-scale", "1e6"), "--cfg-scale: expected a finite number >= 1 and <= 100"),
+    ("cfg-scale text", flags("--cfg-scale", "strong"), "--cfg-scale: expected a finite number >= 1 and <= 100"),
+    ("steps zero", flags("--num-sampling-steps", "0"), "--num-sampling-steps: expected an integer in 1..1000, got 0"),
+    ("steps huge", flags("--num-sampling-steps", "1001"), "--num-sampling-steps: expected an integer in 1..1000"),
+    ("steps float", flags("--num-sampling-steps", "4.5"), "--num-sampling-steps: expected an integer in 1..1000"),
+    ("ddim-sample value", flags("--ddim-sample=yes"), "argument --ddim-sample/--no-ddim-sample: ignored explicit"),
+    ("interval zero", flags("--interval", "0"), "interval must be >= 1, got 0"),
+    ("interval text", flags("--interval", "x"), "argument --interval: invalid int value: 'x'"),
+    ("max-order negative", flags("--max-order", "-1"), "max_order must be >= 0, got -1"),
+    ("first-enhance zero", flags("--first-enhance", "0"), "first_enhance must be >= 1, got 0"),
+    ("derivative-start negative", flags("--derivative-start-step", "-1"), "derivative_start_step must be >= 0"),
+    # 4 steps, E=2, N=4: full steps 0 and 1, forecasts 2 and 3; a derivative from step 2 on would never be formed.
+    ("derivative-start FORA", flags("--derivative-start-step", "2"), "use a --derivative-start-step <= 1"),
+    ("factor-dtype", flags("--factor-dtype", "int8"), "argument --factor-dtype: invalid choice: 'int8'"),
+    ("device unknown", flags("--device", "gpu0"), "--device 'gpu0' is not a torch device: use cpu, cuda or cuda:N"),
+    ("device cuda", flags("--device", "cuda"), "--device cuda: no CUDA GPU is visible on this machine"),
+    ("device cuda:3", flags("--device", "cuda:3"), "--device cuda:3: no CUDA GPU is visible on this machine"),
+    ("device meta", flags("--device", "meta"), "--device meta: unsupported device type 'meta'"),
+    ("unknown flag", flags("--guidance", "2"), "unrecognized arguments: --guidance 2"),
+]
+
+
+def file_in(folder: Path, name: str, content: bytes = b"x") -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def output_under_a_file(folder: Path) -> list[str]:
+    return ["--output", str(file_in(folder, "taken") / "grid.png")]
+
+
+def output_is_a_folder(folder: Path) -> list[str]:
+    (folder / "grid.png").mkdir()
+    return ["--output", str(folder / "grid.png")]
+
+
+def npy_is_a_folder(folder: Path) -> list[str]:
+    (folder / "out" / "grid.npy").mkdir(parents=True)  # --no-compare: the raw samples go to grid.npy
+    return ["--output", str(folder / "out" / "grid.png")]
+
+
+def compare_npy_is_a_folder(folder: Path) -> list[str]:
+    (folder / "out" / "grid-fora.npy").mkdir(parents=True)
+    return ["--output", str(folder / "out" / "grid.png"), "--compare"]
+
+
+SAMPLE_CASES = [
+    ("class-labels range", flags("--class-labels", "3", "10"), "--class-labels [10] are outside [0, 9]"),
+    ("class-labels negative", flags("--class-labels", "-1"), "--class-labels: expected an integer >= 0, got -1"),
+    ("class-labels text", flags("--class-labels", "cat"), "--class-labels: expected an integer >= 0, got 'cat'"),
+    ("seed negative", flags("--seed", "-1"), "--seed: expected an integer in 0..9223372036854775807, got -1"),
+    ("seed 2**63", flags("--seed", str(2**63)), f"--seed: expected an integer in 0..{2**63 - 1}, got {2**63}"),
+    ("seed 2**64", flags("--seed", str(2**64)), f"--seed: expected an integer in 0..{2**63 - 1}, got {2**64}"),
+    ("compare value", flags("--compare=1"), "argument --compare/--no-compare: ignored explicit argument '1'"),
+    ("test-FLOPs value", flags("--test-FLOPs=1"), "argument --test-FLOPs: ignored explicit argument '1'"),
+    ("timing-repeats zero", flags("--timing-repeats", "0"), "--timing-repeats: expected an integer in 1..100, got 0"),
+    ("timing-repeats huge", flags("--timing-repeats", "1000"), "--timing-repeats: expected an integer in 1..100"),
+    ("output no suffix", lambda f: ["--output", str(f / "grid")], "must end in .png: e.g. --output"),
+    ("output wrong suffix", lambda f: ["--output", str(f / "grid.jpg")], "must end in .png"),
+    ("output under a file", output_under_a_file, "cannot be created: "),
+    ("output is a folder", output_is_a_folder, "is a folder: give a file name"),
+    ("output npy is a folder", npy_is_a_folder, "grid.npy is a folder: give a file name"),
+    ("compare npy is a folder", compare_npy_is_a_folder, "grid-fora.npy is a folder: give a file name"),
+    ("output unwritable", flags("--output", "/proc/taylorseer-test/grid.png"), "/proc refuses new files"),
+]
+
+
+def sample_dir_is_a_file(folder: Path) -> list[str]:
+    return ["--sample-dir", str(file_in(folder, "samples"))]
+
+
+def sample_dir_under_a_file(folder: Path) -> list[str]:
+    return ["--sample-dir", str(file_in(folder, "taken") / "samples")]
+
+
+SAMPLE_DDP_CASES = [
+    ("in-channels for pixels", flags("--in-channels", "4"), "--vae none writes the model output as the image"),
+    ("batch size zero", flags("--per-proc-batch-size", "0"), "--per-proc-batch-size: expected an integer in 1..4096"),
+    ("batch size text", flags("--per-proc-batch-size", "x"), "--per-proc-batch-size: expected an integer in 1..4096"),
+    ("samples zero", flags("--num-fid-samples", "0"), "--num-fid-samples: expected an integer in 1..1000000, got 0"),
+    ("samples huge", flags("--num-fid-samples", "2000000"), "--num-fid-samples: expected an integer in 1..1000000"),
+    ("global-seed negative", flags("--global-seed", "-1"), f"--global-seed: expected an integer in 0..{2**63 - 1}"),
+    ("global-seed 2**63", flags("--global-seed", str(2**63)), f"in 0..{2**63 - 1}, got {2**63}"),
+    ("tf32 value", flags("--tf32=no"), "argument --tf32/--no-tf32: ignored explicit argument 'no'"),
+    ("sample-dir is a file", sample_dir_is_a_file, "exists and is not a folder: choose another --sample-dir"),
+    ("sample-dir under a file", sample_dir_under_a_file, "cannot be created: "),
+    ("sample-dir unwritable", flags("--sample-dir", "/proc/taylorseer-test"), "/proc refuses new files"),
+]
+
+
+# The valid commands the cases change, on tiny pixel-space (and latent-space) checkpoints.
+
+
+@pytest.fixture
+def weights(tmp_path) -> dict[str, Path]:
+    """Checkpoints and VAE folders the file cases use, in tmp_path/weights."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    paths = {"pixel": folder / "pixel.pt", "latent": folder / "latent.pt", "five": folder / "five-classes.pt"}
+    torch.save(tiny_dit(input_size=8, in_channels=3).state_dict(), paths["pixel"])
+    torch.save(tiny_dit(input_size=2, in_channels=4).state_dict(), paths["latent"])  # 16 px images / VAE's 8
+    torch.save(tiny_dit(input_size=8, in_channels=3, num_classes=5).state_dict(), paths["five"])
+    paths["junk"] = file_in(folder, "junk.pt", b"not a checkpoint")
+    paths["empty folder"] = folder / "empty"
+    paths["empty folder"].mkdir()
+    paths["vae"] = folder / "vae"
+    tiny_vae().save_pretrained(paths["vae"])
+    paths["broken vae"] = folder / "broken-vae"
+    file_in(paths["broken vae"], "config.json", b"{not json")
+    return paths
+
+
+def model_argv(ckpt: Path) -> list[str]:
+    return ["--model", "DiT-Tiny/2", "--vae", "none", "--image-size", "8", "--in-channels", "3", "--num-classes",
+            "10", "--ckpt", str(ckpt), "--num-sampling-steps", "4", "--device", "cpu"]  # fmt: skip
+
+
+def sample_argv(ckpt: Path, folder: Path) -> list[str]:
+    return [*model_argv(ckpt), "--class-labels", "1", "--output", str(folder / "out" / "grid.png"), "--no-compare"]
+
+
+def sample_ddp_argv(ckpt: Path, folder: Path) -> list[str]:
+    return [*model_argv(ckpt), "--sample-dir", str(folder / "samples"), "--num-fid-samples", "2"]
+
+
+SCRIPTS = {"sample": (sample, sample_argv), "sample_ddp": (sample_ddp, sample_ddp_argv)}
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """This machine as one without CUDA, wherever the tests run."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+def forbid_loading(monkeypatch, script) -> None:
+    def load(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the bad input was refused")
+
+    monkeypatch.setattr(script, "load_model_and_vae", load)
+
+
+def run_case(script_name: str, case: Case, message: str, tmp_path: Path, capsys, extra_base=()) -> str:
+    script, base = SCRIPTS[script_name]
+    ckpt = tmp_path / "pixel.pt"
+    if not ckpt.exists():
+        torch.save(tiny_dit(input_size=8, in_channels=3).state_dict(), ckpt)
+    argv = [*base(ckpt, tmp_path), *extra_base, *case(tmp_path)]
+    return assert_refused(script.cli, argv, message, capsys, watch=tmp_path)
+
+
+def cases(table: list) -> list:
+    return [pytest.param(case, message, id=name) for name, case, message in table]
+
+
+@pytest.mark.usefixtures("no_gpu")
+@pytest.mark.parametrize("script_name", list(SCRIPTS))
+@pytest.mark.parametrize(("case", "message"), cases(MODEL_FLAG_CASES))
+def test_bad_model_flags_are_refused_before_loading(script_name, case, message, tmp_path, capsys, monkeypatch):
+    forbid_loading(monkeypatch, SCRIPTS[script_name][0])
+    run_case(script_name, case, message, tmp_path, capsys)
+
+
+@pytest.mark.usefixtures("no_gpu")
+@pytest.mark.parametrize(("case", "message"), cases(SAMPLE_CASES))
+def test_bad_sample_flags_and_outputs_are_refused_before_loading(case, message, tmp_path, capsys, monkeypatch):
+    if sys.platform != "linux" and "/proc" in message:
+        pytest.skip("/proc is the folder that refuses files even to root, on Linux only")
+    forbid_loading(monkeypatch, sample)
+    run_case("sample", case, message, tmp_path, capsys)
+
+
+@pytest.mark.usefixtures("no_gpu")
+@pytest.mark.parametrize(("case", "message"), cases(SAMPLE_DDP_CASES))
+def test_bad_sample_ddp_flags_and_outputs_are_refused_before_loading(case, message, tmp_path, capsys, monkeypatch):
+    if sys.platform != "linux" and "/proc" in message:
+        pytest.skip("/proc is the folder that refuses files even to root, on Linux only")
+    forbid_loading(monkeypatch, sample_ddp)
+    run_case("sample_ddp", case, message, tmp_path, capsys)
+
+
+# File inputs: these are read, so they are refused once loading finds them wrong, still before any output.
+
+FILE_CASES = [
+    ("ckpt missing", lambda w: ["--ckpt", str(w["pixel"].with_name("missing.pt"))], "DiT-Tiny/2 checkpoint not found"),
+    ("ckpt not a checkpoint", lambda w: ["--ckpt", str(w["junk"])], "Could not read checkpoint file"),
+    ("ckpt other classes", lambda w: ["--ckpt", str(w["five"])], "Checkpoint does not fit the model"),
+    ("ckpt other size", lambda w: ["--ckpt", str(w["latent"])], "Checkpoint does not fit the model"),
+    ("ckpt empty folder", lambda w: ["--ckpt", str(w["empty folder"])], "is not a diffusers model folder"),
+    (
+        "vae-path missing",
+        lambda w: [
+            "--ckpt",
+            str(w["latent"]),
+            "--vae",
+            "ema",
+            "--image-size",
+            "16",
+            "--in-channels",
+            "4",
+            "--vae-path",
+            str(w["vae"].with_name("missing")),
+        ],  # fmt: skip
+        "VAE stabilityai/sd-vae-ft-ema not found",
+    ),
+    (
+        "vae-path broken",
+        lambda w: [
+            "--ckpt",
+            str(w["latent"]),
+            "--vae",
+            "mse",
+            "--image-size",
+            "16",
+            "--in-channels",
+            "4",
+            "--vae-path",
+            str(w["broken vae"]),
+        ],  # fmt: skip
+        "Could not load the VAE from",
+    ),
+    (
+        "vae for a pixel model",
+        lambda w: ["--vae", "ema", "--image-size", "16", "--vae-path", str(w["vae"])],
+        "Checkpoint does not fit the model",
+    ),
+]
+
+
+@pytest.mark.parametrize("script_name", list(SCRIPTS))
+@pytest.mark.parametrize(("case", "message"), cases(FILE_CASES))
+def test_bad_checkpoints_and_vae_folders_are_refused(script_name, case, message, weights, tmp_path, capsys):
+    script, base = SCRIPTS[script_name]
+    argv = [*base(weights["pixel"], tmp_path), *case(weights)]
+    assert_refused(script.cli, argv, message, capsys, watch=tmp_path)
+
+
+def run_folder(weights: dict[str, Path], tmp_path: Path) -> Path:
+    """The folder sample_ddp.py would sample into for the valid command."""
+    parser = sample_ddp.build_parser()
+    args = parser.parse_args(sample_ddp_argv(weights["pixel"], tmp_path))
+    config = sample_ddp.check_args(args, parser)
+    return tmp_path / "samples" / sample_ddp.folder_name(args, config, weights_id(args))
+
+
+def test_an_npz_path_that_is_a_folder_is_refused_before_sampling(weights, tmp_path, capsys):
+    folder = run_folder(weights, tmp_path)
+    (folder.parent / f"{folder.name}.npz").mkdir(parents=True)
+    argv = sample_ddp_argv(weights["pixel"], tmp_path)
+    assert_refused(
+        sample_ddp.cli, argv, ".npz is a folder, where this run writes its .npz file", capsys, watch=tmp_path
+    )
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ("{not json\n", "line 1: not a JSON record"),
+        ('["000000.png"]\n', "line 1: expected a JSON object, got list"),
+        (json.dumps({"file": "000000.png", "model": "DiT-XL/2"}) + "\n", "holds files made with other settings"),
+    ],
+)
+def test_a_damaged_or_foreign_records_file_is_refused(records, message, weights, tmp_path, capsys):
+    folder = run_folder(weights, tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "metadata.jsonl").write_text(records)
+    (folder / "000000.png").write_bytes(b"an image made by someone else")
+    argv = sample_ddp_argv(weights["pixel"], tmp_path)
+    assert_refused(sample_ddp.cli, argv, message, capsys, watch=tmp_path)
