@@ -12,8 +12,9 @@ Prompts come from the folders' ``metadata.jsonl``, or from ``--prompt-file`` (on
 k belongs to prompt line ``k // --num-images-per-prompt``. Each reference image is decoded and scored once, whatever
 the number of candidate folders.
 
-Every model is read from local files only, never downloaded; one that is missing is reported once and its metric is
-null while the others run:
+Every model is read from local files only, never downloaded. One that is named (by its flag or environment variable)
+must load, else the run ends in one error; one that is not named and not at its default place is reported once and
+its metric is null while the others run:
 
 * LPIPS: torchvision's AlexNet weights ``alexnet-owt-7be5be79.pth`` (--lpips-weights, $TAYLORSEER_LPIPS_WEIGHTS,
   ``pretrained_models/`` or the torch hub cache); torchmetrics ships LPIPS' own linear layers.
@@ -303,12 +304,12 @@ class ImageRewardScorer:
             module = importlib.import_module("ImageReward.ImageReward")
         except ImportError as exc:
             raise CheckpointError(
-                f"ImageReward skipped: the image-reward package is not installed ({exc}); pip install image-reward"
+                f"ImageReward needs the image-reward package, which is not installed ({exc}): pip install image-reward"
             ) from exc
         for path, url in ((checkpoint, IMAGE_REWARD_URL), (med_config, MED_CONFIG_URL)):
             if not path.is_file():
                 raise CheckpointError(
-                    f"ImageReward skipped: {path.absolute()} not found; download {url} there (or point "
+                    f"ImageReward: {path.absolute()} not found; download {url} there (or point "
                     f"--image-reward / ${IMAGE_REWARD_ENV} at ImageReward.pt, with med_config.json beside it)"
                 )
         try:
@@ -316,7 +317,7 @@ class ImageRewardScorer:
                 model = module.ImageReward(med_config=str(med_config), device=device)
         except (OSError, ValueError) as exc:
             raise CheckpointError(
-                f"ImageReward skipped: its BLIP text encoder could not be built offline ({exc}); it needs the "
+                f"ImageReward: its BLIP text encoder could not be built offline ({exc}); it needs the "
                 "bert-base-uncased tokenizer in the Hugging Face cache (huggingface-cli download bert-base-uncased)"
             ) from exc
         result = model.load_state_dict(read_state_dict(checkpoint), strict=False)
@@ -324,7 +325,7 @@ class ImageRewardScorer:
         missing = [key for key in result.missing_keys if key in parameters]
         if missing:
             raise CheckpointError(
-                f"ImageReward skipped: {checkpoint} lacks {len(missing)} of the model's parameters "
+                f"ImageReward: {checkpoint} lacks {len(missing)} of the model's parameters "
                 f"(e.g. {missing[0]}); it is not ImageReward.pt"
             )
         self.model = model.to(device).eval()
@@ -338,6 +339,8 @@ class ImageRewardScorer:
 
 
 def load_image_reward(args: argparse.Namespace, device: torch.device) -> ImageRewardScorer | None:
+    """ImageReward, or None with one warning when it was not named and is not at its default place. A checkpoint
+    named by --image-reward or $TAYLORSEER_IMAGE_REWARD must load: a CheckpointError otherwise."""
     chosen = args.image_reward or os.environ.get(IMAGE_REWARD_ENV)
     checkpoint = Path(chosen or DEFAULT_IMAGE_REWARD).expanduser()
     if not chosen and not checkpoint.is_file():
@@ -350,14 +353,21 @@ def load_image_reward(args: argparse.Namespace, device: torch.device) -> ImageRe
     try:
         return ImageRewardScorer(checkpoint, med_config, device)
     except CheckpointError as err:
-        warn(str(err))
+        if chosen or args.image_reward_med_config:
+            raise
+        warn(f"ImageReward skipped (null): {err}")
         return None
 
 
 def load_clip(args: argparse.Namespace, device: torch.device) -> ClipScorer | None:
+    """The CLIP scorer, or None with one warning when no folder was named and the default one is missing. A folder
+    named by --clip-model or $TAYLORSEER_CLIP_MODEL must load: a CheckpointError otherwise."""
+    named = args.clip_model or os.environ.get(CLIP_MODEL_ENV)
     try:
         return ClipScorer(resolve_clip_model(args.clip_model), device)
     except CheckpointError as err:
+        if named:
+            raise
         warn(f"CLIP score skipped (null): {err}")
         return None
 

@@ -61,7 +61,6 @@ from common.quality_metrics import (
     PSNR_CAP_DB,
     PairedImageMetrics,
     format_value,
-    load_lpips,
     load_lpips_or_warn,
     markdown_table,
     mean_or_none,
@@ -338,14 +337,6 @@ def read_frames(path: Path) -> np.ndarray:
         raise UsageError(f"cannot read video {path}: {exc.strerror or exc}") from None
 
 
-def load_lpips_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module | None:
-    """LPIPS from --lpips-weights, which must load (a named file that does not is an error); without the flag, from
-    the default places, or None with a warning."""
-    if args.lpips_weights is not None:
-        return load_lpips(args.lpips_weights, args.lpips_net, device)
-    return load_lpips_or_warn(None, args.lpips_net, device)
-
-
 def evaluate_pairs(args: argparse.Namespace, device: torch.device) -> tuple[dict, str]:
     reference_dir = existing_dir(args.reference_dir, "reference")
     candidate_dirs = [existing_dir(folder, "candidate") for folder in args.candidate_dir]
@@ -358,7 +349,7 @@ def evaluate_pairs(args: argparse.Namespace, device: torch.device) -> tuple[dict
                 f"({len(pairs.only_candidate)} vs {len(pairs.only_reference)} videos)"
             )
         pairings.append(pairs)
-    lpips_model = load_lpips_model(args, device)
+    lpips_model = load_lpips_or_warn(args.lpips_weights, args.lpips_net, device)
     metrics = PairedImageMetrics(lpips_model, device)
     for folder, pairs in zip(candidate_dirs, pairings, strict=True):
         for side, names in (("reference", pairs.only_reference), ("candidate", pairs.only_candidate)):

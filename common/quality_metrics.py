@@ -216,10 +216,14 @@ def load_lpips(weights: str | Path | None = None, net: str = "alex", device: str
 def load_lpips_or_warn(
     weights: str | Path | None = None, net: str = "alex", device: str | torch.device = "cpu"
 ) -> nn.Module | None:
-    """:func:`load_lpips`, or None after one warning on stderr when its weights are missing or do not fit: the
-    evaluate.py scripts then report LPIPS as null while PSNR and SSIM still run."""
-    try:
+    """:func:`load_lpips`. Weights the user named (``weights`` or $TAYLORSEER_LPIPS_WEIGHTS) must load: a
+    :class:`CheckpointError` otherwise, since a typo must not quietly drop a metric. Without a name, the default
+    places are tried and, when they hold nothing usable, one warning on stderr and None: the evaluate.py scripts
+    then report LPIPS as null while PSNR and SSIM still run."""
+    if weights or os.environ.get(LPIPS_WEIGHTS_ENV):
         return load_lpips(weights, net, device)
+    try:
+        return load_lpips(None, net, device)
     except CheckpointError as err:
         warn(f"LPIPS skipped (null), PSNR and SSIM still run: {err}")
         return None

@@ -225,6 +225,11 @@ EVALUATE_BAD_INPUTS = [
     (["--output", "{tmp}/file/metrics.json"], "{tmp}/file is a file; choose another --output"),
     (["--output", "{tmp}/table.json"], "the table's path {tmp}/table.md is a folder; choose another --output"),
     (["--progress=yes"], "argument --progress/--no-progress: ignored explicit argument 'yes'"),
+    # A metric model the user named must load: a typo must not quietly turn a metric into null.
+    (["--clip-model", "{tmp}/missing-clip"], "no CLIP model folder"),
+    (["--image-reward", "{tmp}/missing.pt"], "ImageReward"),
+    (["--image-reward", "{tmp}/prompts.txt", "--image-reward-med-config", "{tmp}/missing.json"], "ImageReward"),
+    (["--lpips-weights", "{tmp}/missing.pth"], "LPIPS backbone weights (alexnet-owt-7be5be79.pth) not found at"),
 ]  # fmt: skip
 
 
@@ -248,25 +253,22 @@ def test_evaluate_refuses_a_missing_required_folder(tmp_path, capsys) -> None:
     assert_refused(evaluate.cli, argv, "the following arguments are required: --reference-dir", capsys, watch=tmp_path)
 
 
-@pytest.mark.parametrize(
-    ("extra", "warning"),
-    [
-        (["--clip-model", "{tmp}/missing-clip"], "CLIP score skipped (null)"),
-        (["--image-reward", "{tmp}/missing.pt"], "ImageReward skipped"),
-        (["--image-reward", "{tmp}/prompts.txt", "--image-reward-med-config", "{tmp}/missing.json"],
-         "ImageReward skipped"),
-        (["--lpips-weights", "{tmp}/missing.pth"], "alexnet-owt-7be5be79.pth"),
-    ],
-)  # fmt: skip
-def test_evaluate_missing_model_files_are_a_warning_and_null(extra, warning, tmp_path, capsys) -> None:
-    """By design (see evaluate.py's docstring) a missing metric model is one warning and a null metric while the
-    others run; everything else is computed and written."""
+def test_evaluate_without_metric_models_warns_and_reports_null(tmp_path, capsys, monkeypatch) -> None:
+    """By design (see evaluate.py's docstring) a metric model that was not named and is not at its default place is
+    one warning and a null metric while the others run; everything else is computed and written."""
+    for env in ("TAYLORSEER_CLIP_MODEL", "TAYLORSEER_IMAGE_REWARD", "TAYLORSEER_LPIPS_WEIGHTS"):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.chdir(tmp_path)  # no pretrained_models/ here
     write_evaluate_inputs(tmp_path)
-    extra = [value.format(tmp=tmp_path) for value in extra]
     output = tmp_path / "metrics.json"
-    record = evaluate.cli(evaluate_argv(tmp_path, [*extra, "--output", str(output)]))
-    assert warning in capsys.readouterr().err
-    assert record["candidates"][0]["psnr"] == 100.0 and json.loads(output.read_text()) == record
+    record = evaluate.cli(evaluate_argv(tmp_path, ["--output", str(output)]))
+    err = capsys.readouterr().err
+    for warning in ("CLIP score skipped (null)", "ImageReward skipped (null)", "LPIPS skipped (null)"):
+        assert err.count(warning) == 1, err
+    candidate = record["candidates"][0]
+    assert candidate["psnr"] == 100.0 and candidate["lpips"] is None and candidate["clip_score"] is None
+    assert json.loads(output.read_text()) == record
 
 
 # ------------------------------------------------------------------------------------------------- coverage
@@ -287,5 +289,4 @@ def test_every_sample_flag_has_a_bad_input_row() -> None:
 
 
 def test_every_evaluate_flag_has_a_bad_input_row() -> None:
-    model_files = {"--clip-model", "--image-reward", "--image-reward-med-config", "--lpips-weights"}
-    assert parser_flags(evaluate.build_parser()) == flags(EVALUATE_BAD_INPUTS) | model_files
+    assert parser_flags(evaluate.build_parser()) == flags(EVALUATE_BAD_INPUTS)

@@ -27,6 +27,17 @@ OFFSETS = (2, 4, 8, 16)  # candidate image i = reference image i + OFFSETS[i]: P
 SIZE = 32
 
 
+@pytest.fixture(autouse=True)
+def no_default_metric_models(tmp_path_factory, monkeypatch) -> None:
+    """Metric models exist only where a test names them: no env vars, and empty default places (pretrained_models/
+    under the working directory, the torch hub cache), so the unnamed ones are skipped with a warning."""
+    for env in ("TAYLORSEER_CLIP_MODEL", "TAYLORSEER_IMAGE_REWARD", "TAYLORSEER_LPIPS_WEIGHTS"):
+        monkeypatch.delenv(env, raising=False)
+    empty = tmp_path_factory.mktemp("empty-cwd")
+    monkeypatch.setenv("TORCH_HOME", str(empty / "torch-home"))
+    monkeypatch.chdir(empty)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
@@ -85,7 +96,6 @@ def test_end_to_end_metrics_json_and_markdown(runs, models, tmp_path, capsys):
         "--candidate-dir", str(runs["shifted"]), str(runs["same"]),
         "--clip-model", str(models["clip"]),
         "--lpips-weights", str(models["lpips"]),
-        "--image-reward", str(tmp_path / "no-image-reward.pt"),
         "--batch-size", "3",
         "--output", str(output),
     )  # fmt: skip
@@ -108,7 +118,7 @@ def test_end_to_end_metrics_json_and_markdown(runs, models, tmp_path, capsys):
         "clip_score": pytest.approx(shifted["reference_clip_score"]),
         "image_reward": None,
     }
-    # ImageReward was asked for but cannot run here: one warning, null values, everything else computed.
+    # ImageReward is not at its default place (nor installed here): one warning, null values, the rest computed.
     assert shifted["image_reward"] is None and shifted["reference_image_reward"] is None
     err = capsys.readouterr().err
     assert "ImageReward skipped" in err and "pip install image-reward" in err
@@ -127,7 +137,6 @@ def test_unmatched_files_are_listed_and_skipped(runs, tmp_path, capsys):
     Image.fromarray(reference_images(1)[0]).save(runs["shifted"] / "00099.png")
     record = run_main(
         "--reference-dir", str(runs["reference"]), "--candidate-dir", str(runs["shifted"]),
-        "--lpips-weights", str(tmp_path / "missing.pth"), "--clip-model", str(tmp_path / "no-clip"),
     )  # fmt: skip
     candidate = record["candidates"][0]
     assert candidate["num_pairs"] == 3
@@ -150,7 +159,6 @@ def test_prompt_file_gives_prompts_in_index_order(runs, models, tmp_path):
     record = run_main(
         "--reference-dir", str(runs["reference"]), "--candidate-dir", str(runs["shifted"]),
         "--prompt-file", str(prompt_file), "--clip-model", str(models["clip"]),
-        "--lpips-weights", str(tmp_path / "missing.pth"),
     )  # fmt: skip
     candidate = uint8_tensor(reference_images() + np.array(OFFSETS, dtype=np.uint8).reshape(-1, 1, 1, 1))
     expected = ClipScorer(models["clip"])(candidate, PROMPTS).tolist()
@@ -186,8 +194,7 @@ def test_image_reward_scores_candidate_and_reference_offline(runs, tmp_path, mon
     offline_before = huggingface_hub.constants.HF_HUB_OFFLINE
     record = run_main(
         "--reference-dir", str(runs["reference"]), "--candidate-dir", str(runs["shifted"]),
-        "--image-reward", str(weights), "--lpips-weights", str(tmp_path / "missing.pth"),
-        "--clip-model", str(tmp_path / "no-clip"),
+        "--image-reward", str(weights),
     )  # fmt: skip
     assert huggingface_hub.constants.HF_HUB_OFFLINE == offline_before  # restored after loading
 
@@ -215,7 +222,6 @@ def test_each_file_is_decoded_once_with_two_candidates(runs, tmp_path, monkeypat
     (runs["same"] / "00003.png").unlink()  # a file only one candidate pairs
     record = run_main(
         "--reference-dir", str(runs["reference"]), "--candidate-dir", str(runs["shifted"]), str(runs["same"]),
-        "--lpips-weights", str(tmp_path / "missing.pth"), "--clip-model", str(tmp_path / "no-clip"),
         "--batch-size", "3",
     )  # fmt: skip
     names = [f"{i:05d}.png" for i in range(4)]
@@ -238,7 +244,6 @@ def test_num_images_per_prompt_maps_image_k_to_line_k_over_n(runs, models, tmp_p
     }  # fmt: skip
     args = ["--reference-dir", str(runs["reference"]), "--candidate-dir", str(runs["shifted"])]
     args += ["--prompt-file", str(prompt_file), "--clip-model", str(models["clip"])]
-    args += ["--lpips-weights", str(tmp_path / "missing.pth")]
     record = run_main(*args, "--num-images-per-prompt", "2")
     candidate = uint8_tensor(reference_images() + np.array(OFFSETS, dtype=np.uint8).reshape(-1, 1, 1, 1))
     prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1]]
@@ -300,7 +305,7 @@ def test_without_prompts_text_metrics_are_null(runs, models, tmp_path, capsys):
         (folder / "metadata.jsonl").unlink()
     record = run_main(
         "--reference-dir", str(runs["reference"]), "--candidate-dir", str(runs["shifted"]),
-        "--clip-model", str(models["clip"]), "--lpips-weights", str(tmp_path / "missing.pth"),
+        "--clip-model", str(models["clip"]),
     )  # fmt: skip
     assert record["candidates"][0]["clip_score"] is None and record["prompts"] is None
     assert record["candidates"][0]["psnr"] > 0

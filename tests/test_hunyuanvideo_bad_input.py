@@ -447,7 +447,10 @@ EVALUATE_BAD_INPUTS = [
 
 @pytest.mark.parametrize(("argv", "message", "files"), EVALUATE_BAD_INPUTS)
 def test_evaluate_refuses_bad_input(mp4s, tmp_path, capsys, monkeypatch, argv, message, files):
-    monkeypatch.setenv(LPIPS_WEIGHTS_ENV, str(tmp_path / "no-lpips.pth"))  # LPIPS null, not searched for
+    # LPIPS null: none named, and nothing at the default places (the working directory's pretrained_models/, the hub)
+    monkeypatch.delenv(LPIPS_WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "vbench", None)  # `import vbench` fails as when it is not installed
     make_files(tmp_path, files, mp4s)
     argv = expand([*argv, "--device", "cpu", "--no-progress"] if "--device" not in argv else argv, tmp_path)

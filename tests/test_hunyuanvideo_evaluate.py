@@ -36,10 +36,12 @@ def noisy(frames: np.ndarray, seed: int) -> np.ndarray:
 
 @pytest.fixture
 def no_lpips(tmp_path, monkeypatch) -> Path:
-    """No LPIPS weights anywhere: the default search ends at a missing $TAYLORSEER_LPIPS_WEIGHTS."""
-    missing = tmp_path / "missing.pth"
-    monkeypatch.setenv(LPIPS_WEIGHTS_ENV, str(missing))
-    return missing
+    """No LPIPS weights anywhere: none named ($TAYLORSEER_LPIPS_WEIGHTS unset), the default places (pretrained_models/
+    under the working directory, the torch hub cache) empty. Returns a path that holds no weights."""
+    monkeypatch.delenv(LPIPS_WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "missing.pth"
 
 
 @pytest.fixture(scope="module")

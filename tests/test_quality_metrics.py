@@ -132,14 +132,24 @@ def test_lpips_loads_local_backbone_and_gives_zero_for_identical_images(lpips_we
     assert set(metrics(reference, reference)) == {"psnr", "ssim", "lpips"}
 
 
-def test_load_lpips_or_warn_warns_once_and_gives_none_without_weights(lpips_weights, tmp_path, capsys):
+def test_load_lpips_or_warn_warns_once_and_gives_none_without_weights(lpips_weights, tmp_path, capsys, monkeypatch):
     model = load_lpips_or_warn(lpips_weights)
     assert model is not None and lpips(random_images(1), random_images(1), model).tolist() == [0.0]
     assert capsys.readouterr().err == ""
-    assert load_lpips_or_warn(tmp_path / "missing.pth") is None
+    # Named weights must load: a typo is an error, not a quietly missing metric.
+    with pytest.raises(CheckpointError, match="missing.pth"):
+        load_lpips_or_warn(tmp_path / "missing.pth")
+    monkeypatch.setenv("TAYLORSEER_LPIPS_WEIGHTS", str(tmp_path / "env-missing.pth"))
+    with pytest.raises(CheckpointError, match="env-missing.pth"):
+        load_lpips_or_warn(None)
+    # Nothing named and nothing at the default places: one warning and None.
+    monkeypatch.delenv("TAYLORSEER_LPIPS_WEIGHTS")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.chdir(tmp_path)
+    assert load_lpips_or_warn(None) is None
     err = capsys.readouterr().err
     assert err.startswith("warning: LPIPS skipped (null), PSNR and SSIM still run:") and err.count("\n") == 1
-    assert "missing.pth" in err and ALEXNET_URL in err
+    assert ALEXNET_URL in err
 
 
 def test_lpips_rejects_a_file_without_backbone_features(tmp_path):
