@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from common.cli import run_cli
+from common.cli import UsageError, check_output_file, check_output_folder, int_range, parse_device, run_cli, warn
 from common.report import markdown_table, save_report
 from taylorseer_dit.fidelity import (
     DEFAULT_INCEPTION_WEIGHTS,
     FEATURE_EXTRACTORS,
     INCEPTION_WEIGHTS_ENV,
     METRICS,
+    MIN_IMAGES,
     compute_metrics,
     open_images,
 )
@@ -52,9 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"torch-fidelity's InceptionV3 weights (default: ${INCEPTION_WEIGHTS_ENV}, else "
         f"{DEFAULT_INCEPTION_WEIGHTS})",
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="feature extraction batch (default: %(default)s)")
     parser.add_argument(
-        "--kid-subset-size", type=int, default=None, help="KID subset size (default: min(1000, smaller set))"
+        "--batch-size", type=int_range(1), default=64, help="feature extraction batch (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--kid-subset-size",
+        type=int_range(MIN_IMAGES),
+        default=None,
+        help="KID subset size, at most the smaller set (default: min(1000, smaller set))",
     )
     parser.add_argument(
         "--device",
@@ -64,9 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache-dir",
         default=None,
-        help="keep the features of a 'digits' input here for later runs (default: cache nothing)",
+        help="keep the features of a 'digits' input here for later runs, as .safetensors files that are checked "
+        "before use (default: cache nothing)",
     )
-    parser.add_argument("--output", default=None, help="metrics JSON (default: <samples>-metrics.json beside them)")
+    parser.add_argument(
+        "--output", default=None, help="metrics JSON; the table goes beside it as .md (default: <samples>-metrics.json)"
+    )
     return parser
 
 
@@ -81,9 +91,39 @@ def metrics_table(metrics: dict[str, float]) -> str:
     return markdown_table(["metric", "value"], [[name, f"{value:.6g}"] for name, value in metrics.items()])
 
 
+def uses_reference(args: argparse.Namespace) -> bool:
+    return set(args.metrics) != {"isc"}  # the Inception Score is computed from the samples alone
+
+
+def check_args(args: argparse.Namespace) -> tuple[torch.device, Path]:
+    """Everything that can be checked before any image is read: the device, the flags that go together and the
+    paths that will be written. Returns the device and the output path."""
+    device = parse_device(args.device)
+    if uses_reference(args) and args.reference is None:
+        raise UsageError(
+            f"--metrics {' '.join(args.metrics)} compares with real images: give --reference (a PNG folder, .npz or "
+            "'digits'), or use --metrics isc alone"
+        )
+    if not uses_reference(args) and args.reference is not None:
+        warn("--reference is not used: the Inception Score is computed from the samples alone")
+    if args.feature_extractor != "inception" and args.inception_weights is not None:
+        warn(f"--inception-weights is not used with --feature-extractor {args.feature_extractor}")
+    if args.cache_dir is not None:
+        check_output_folder(args.cache_dir, "--cache-dir")
+        if "digits" not in (args.samples, args.reference if uses_reference(args) else None):
+            warn("--cache-dir keeps the features of a 'digits' input only; nothing is cached in this run")
+    output = check_output_file(args.output or default_output(args.samples), "--output", (".json",))
+    if output.with_suffix(".md").is_dir():
+        raise UsageError(f"{output.with_suffix('.md').absolute()} (the table beside --output) is a folder: choose "
+                         "another --output")  # fmt: skip
+    return device, output
+
+
 def main(args: argparse.Namespace) -> dict:
+    device, output = check_args(args)
     samples = open_images(args.samples, "samples")
-    reference = None if args.reference is None else open_images(args.reference, "reference")
+    reference_source = args.reference if uses_reference(args) else None
+    reference = None if reference_source is None else open_images(reference_source, "reference")
     metrics = compute_metrics(
         samples,
         reference,
@@ -91,24 +131,30 @@ def main(args: argparse.Namespace) -> dict:
         feature_extractor=args.feature_extractor,
         inception_weights=args.inception_weights,
         batch_size=args.batch_size,
-        device=args.device,
+        device=device,
         kid_subset_size=args.kid_subset_size,
         cache_dir=args.cache_dir,
     )
     record = {
         "samples": args.samples,
-        "reference": args.reference,
+        "reference": reference_source,
         "feature_extractor": args.feature_extractor,
         "num_samples": len(samples),
         "num_reference": None if reference is None else len(reference),
         **metrics,
     }
-    print(f"{args.samples} ({len(samples)} images) vs {args.reference}, {args.feature_extractor} features")
-    save_report(args.output or default_output(args.samples), record, metrics_table(metrics))
+    print(f"{args.samples} ({len(samples)} images) vs {reference_source}, {args.feature_extractor} features")
+    save_report(output, record, metrics_table(metrics))
     print(json.dumps(record))
     return record
 
 
+def cli(argv: Sequence[str] | None = None) -> dict:
+    """Parse and run; a bad flag, a missing or damaged input or an unwritable output ends in one ``error:`` line
+    and exit code 2, before anything is written."""
+    args = build_parser().parse_args(argv)
+    return run_cli(main, args, catch=(ValueError,))
+
+
 if __name__ == "__main__":
-    arguments = build_parser().parse_args()
-    run_cli(main, arguments, catch=(ValueError,))
+    cli()

@@ -161,7 +161,8 @@ class ImageFolderDataset(Dataset):
                 (w0, h0), (w1, h1) = sizes
                 raise ValueError(
                     f"images of two sizes in {self.folder}: {sizes[(w0, h0)].name} is {w0}x{h0}, "
-                    f"{sizes[(w1, h1)].name} is {w1}x{h1}"
+                    f"{sizes[(w1, h1)].name} is {w1}x{h1}: metrics compare images of one size, so move the others "
+                    "out (or re-generate them)"
                 )
         return next(iter(sizes))
 
@@ -534,6 +535,8 @@ def _extract(
     dataset: Dataset, what: str, extractor: FeatureExtractorBase, settings: dict[str, object]
 ) -> dict[str, torch.Tensor]:
     """torch-fidelity's feature extraction; a damaged image file ends in one message naming it (and any others)."""
+    if isinstance(dataset, UInt8ImageDataset):
+        return _extract_in_memory(dataset, extractor, settings)
     try:
         return get_featuresdict_from_dataset(
             dataset,
@@ -552,6 +555,24 @@ def _extract(
                 f"{what}: an image could not be read while extracting features; check the files"
             ) from None
         raise DamagedImageError(damaged_message(what, damaged)) from None
+
+
+def _extract_in_memory(
+    dataset: UInt8ImageDataset, extractor: FeatureExtractorBase, settings: dict[str, object]
+) -> dict[str, torch.Tensor]:
+    """The batches torch-fidelity's loader would stack (same order, same size, contiguous), sliced straight from
+    memory: its DataLoader would fork up to 4 workers per input only to index a tensor."""
+    batch_size = min(settings["batch_size"], len(dataset))
+    parts: dict[str, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = dataset.images[start : start + batch_size].expand(-1, 3, -1, -1).contiguous()
+            if settings["cuda"]:
+                batch = batch.cuda(non_blocking=True)
+            features = extractor.convert_features_tuple_to_dict(extractor(batch))
+            for name, tensor in features.items():
+                parts.setdefault(name, []).append(tensor.cpu())
+    return {name: torch.cat(tensors) for name, tensors in parts.items()}
 
 
 def feature_cache_path(cache_dir: str | Path, input_name: str, extractor_name: str, key: str) -> Path:

@@ -1,6 +1,7 @@
 """benchmark_quality.py on a random DiT-XS/4 with tiny settings: outputs, numbers, and resuming by cell."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -8,31 +9,43 @@ from dit_testing import randomised
 
 from common.cli import UsageError
 from common.flops import FlopsReport
+from common.integrity import weights_fingerprint
 from common.taylor_cache import TaylorSeerConfig
 from taylorseer_dit import benchmark_quality
 from taylorseer_dit.flops import reference_step_flops
 from taylorseer_dit.models import DiT_models
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-def run(tmp_path, monkeypatch, orders: list[str], *extra: str) -> tuple[dict, list[str]]:
+# Fewer, shorter samples for the tests that only count what is sampled and compare files.
+SMALL = ("--num-samples", "4", "--num-sampling-steps", "4", "--batch-size", "4")
+
+
+def make_ckpt(path, seed: int = 0):
+    model = DiT_models["DiT-XS/4"](input_size=16, in_channels=1, num_classes=10)
+    torch.save(randomised(model, seed=seed, std=0.02).state_dict(), path)
+    return path
+
+
+def run(tmp_path, monkeypatch, orders: list[str], *extra: str, fixed_seconds: bool = False) -> tuple[dict, list[str]]:
+    """The benchmark on a random DiT-XS/4 with tiny settings; returns the summary and the sets sampled.
+    ``fixed_seconds`` replaces the measured wall-clock times by numbers of the cell, for byte comparisons."""
     ckpt = tmp_path / "xs.pt"
     if not ckpt.exists():
-        model = DiT_models["DiT-XS/4"](input_size=16, in_channels=1, num_classes=10)
-        torch.save(randomised(model, std=0.02).state_dict(), ckpt)
+        make_ckpt(ckpt)
     sampled = []
     original = benchmark_quality.sample_set
 
     def counting_sample_set(model, args, config, seed):
         sampled.append(f"N{config.interval}-O{config.max_order}-seed{seed}")
-        return original(model, args, config, seed)
+        samples, seconds = original(model, args, config, seed)
+        return samples, (10.0 + seed) / config.interval if fixed_seconds else seconds
 
     monkeypatch.setattr(benchmark_quality, "sample_set", counting_sample_set)
-    args = benchmark_quality.build_parser().parse_args(
-        ["--ckpt", str(ckpt), "--intervals", "3", "--orders", *orders, "--num-samples", "12", "--spread-seeds", "2",
-         "--num-sampling-steps", "7", "--batch-size", "6", "--results-dir", str(tmp_path / "out"), "--device", "cpu",
-         *extra]
-    )  # fmt: skip
-    return benchmark_quality.run(args), sampled
+    argv = ["--ckpt", str(ckpt), "--intervals", "3", "--orders", *orders, "--num-samples", "12", "--spread-seeds",
+            "2", "--num-sampling-steps", "7", "--batch-size", "6", "--results-dir", str(tmp_path / "out"),
+            "--device", "cpu", *extra]  # fmt: skip
+    return benchmark_quality.cli(argv), sampled
 
 
 def test_benchmark_writes_tables_and_resumes_by_cell(tmp_path, monkeypatch):
@@ -64,8 +77,9 @@ def test_cells_of_other_settings_are_not_reused_and_a_cut_line_is_skipped(tmp_pa
     cells_path = tmp_path / "out" / "cells.jsonl"
     first = [json.loads(line) for line in cells_path.read_text().splitlines()]
     assert [c["key"] for c in first] == ["full-seed0", "full-seed1", "N3-O0"]
-    settings = {"ckpt": str(tmp_path / "xs.pt"), "first_enhance": 2, "num_samples": 12, "num_sampling_steps": 7,
-                "cfg_scale": benchmark_quality.BUNDLED_CFG_SCALE, "batch_size": 6, "device": "cpu"}  # fmt: skip
+    settings = {"weights_id": weights_fingerprint([tmp_path / "xs.pt"]), "first_enhance": 2, "num_samples": 12,
+                "num_sampling_steps": 7, "cfg_scale": benchmark_quality.BUNDLED_CFG_SCALE, "batch_size": 6,
+                "device": "cpu"}  # fmt: skip
     assert all(cell["settings"] == settings for cell in first)
     capsys.readouterr()
 
@@ -75,13 +89,60 @@ def test_cells_of_other_settings_are_not_reused_and_a_cut_line_is_skipped(tmp_pa
     assert summary["cells"][0]["full_steps"] == 3 and "settings" not in summary["cells"][0]
     assert "3 cells were recorded with other settings than" in capsys.readouterr().err
 
-    # Killed during an append: the cut last line is skipped with a warning, the complete cells are reused.
+    # Killed during an append: the cut last line is dropped with a warning, the complete cells are reused.
     complete = cells_path.read_text()
     cells_path.write_text(complete + '{"key": "N3-O2", "interval": 3, "ord')
     _, sampled = run(tmp_path, monkeypatch, ["0"], "--first-enhance", "1")
     assert sampled == []
     err = capsys.readouterr().err
-    assert "line 7: skipped a cell cut short" in err and err.count("warning:") == 2
+    assert "line 7: dropped a cell cut short" in err and err.count("warning:") == 2
+    # ... and the next cell is appended on a line of its own, not glued to the cut one: the next run reads it.
+    _, sampled = run(tmp_path, monkeypatch, ["0", "2"], "--first-enhance", "1")
+    assert sampled == ["N1-O1-seed0", "N3-O2-seed0"]
+    assert cells_path.read_text().startswith(complete) and len(cells_path.read_text().splitlines()) == 7
+    capsys.readouterr()
+    reread = benchmark_quality.load_cells(cells_path, {**settings, "first_enhance": 1})
+    assert list(reread) == ["full-seed0", "full-seed1", "N3-O0", "N3-O2"] and "cut short" not in capsys.readouterr().err
+
+
+def test_other_weights_at_the_same_path_are_not_mixed_in(tmp_path, monkeypatch, capsys):
+    run(tmp_path, monkeypatch, ["0"], *SMALL)
+    make_ckpt(tmp_path / "xs.pt", seed=1)  # fine-tuned weights written over the same file
+    _, sampled = run(tmp_path, monkeypatch, ["0"], *SMALL)
+    assert sampled == ["N1-O1-seed0", "N1-O1-seed1", "N3-O0-seed0"]
+    assert "3 cells were recorded with other settings" in capsys.readouterr().err
+
+
+def test_a_killed_run_resumes_to_the_same_files(tmp_path, monkeypatch):
+    outputs = ("results.json", "results.md", "quality_vs_speedup.png")
+    run(tmp_path, monkeypatch, ["0", "2"], *SMALL, fixed_seconds=True)
+    out = tmp_path / "out"
+    uninterrupted = {name: (out / name).read_bytes() for name in outputs}
+    log = (out / "cells.jsonl").read_text().splitlines()
+    shutil.rmtree(out)
+
+    # Killed (Ctrl-C) while measuring the second cell, after the full-compute seeds and the first cell were logged.
+    calls = []
+    real_fid = benchmark_quality.fid
+
+    def interrupted_fid(samples):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_fid(samples)
+
+    monkeypatch.setattr(benchmark_quality, "fid", interrupted_fid)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, monkeypatch, ["0", "2"], *SMALL, fixed_seconds=True)
+    assert [json.loads(line)["key"] for line in (out / "cells.jsonl").read_text().splitlines()] == [
+        "full-seed0", "full-seed1", "N3-O0"
+    ]  # fmt: skip
+    assert not any((out / name).exists() for name in outputs)
+    monkeypatch.setattr(benchmark_quality, "fid", real_fid)
+    _, sampled = run(tmp_path, monkeypatch, ["0", "2"], *SMALL, fixed_seconds=True)
+    assert sampled == ["N1-O1-seed0", "N3-O2-seed0"]
+    assert {name: (out / name).read_bytes() for name in outputs} == uninterrupted
+    assert (out / "cells.jsonl").read_text().splitlines() == log
 
 
 def test_a_corrupt_line_before_the_last_is_an_error(tmp_path):
@@ -89,8 +150,16 @@ def test_a_corrupt_line_before_the_last_is_an_error(tmp_path):
     path.write_text('{"key": "N3-O0"\n\n{"key": "N3-O1", "settings": {}}\n')
     with pytest.raises(UsageError, match=r"cells.jsonl, line 1: not a JSON cell"):
         benchmark_quality.load_cells(path, {})
-    path.write_text('\n{"key": "N3-O1", "settings": {}}\n\n')
+    cell = {"key": "N3-O1", "settings": {}, **dict.fromkeys(benchmark_quality.GRID_FIELDS, 1)}
+    path.write_text("\n" + json.dumps(cell) + "\n\n")
     assert list(benchmark_quality.load_cells(path, {})) == ["N3-O1"]  # blank lines, even the last, are skipped
+    # A cell of these settings without a number it needs, or with NaN (which Python's json reads), is refused.
+    path.write_text(json.dumps({**cell, "fid": None}) + "\n")
+    with pytest.raises(UsageError, match=r"line 1: cell N3-O1 has no finite number 'fid' \(got None\); delete"):
+        benchmark_quality.load_cells(path, {})
+    path.write_text(json.dumps({**cell, "key": "full-seed0", "seed": 0, "agreement": float("nan")}) + "\n")
+    with pytest.raises(UsageError, match=r"cell full-seed0 has no finite number 'agreement' \(got nan\)"):
+        benchmark_quality.load_cells(path, {})
 
 
 def test_missing_weights_are_one_readable_error(tmp_path):
