@@ -306,7 +306,21 @@ def main(args: argparse.Namespace) -> dict:
     write_atomic(results / "results.md", markdown(summary).encode())
     plot(summary, results / "quality_vs_speedup.png")
     print(markdown(summary))
+    warn_timing_noise(summary)
     return summary
+
+
+def warn_timing_noise(summary: dict) -> None:
+    """A forecast step costs less than a full one, never nothing: a wall speedup above the FLOPs speedup can only be
+    noise of a busy machine (or one that sped up), so say that the wall column is not to be trusted."""
+    noisy = [c for c in summary["cells"] if c["wall_speedup"] > c["flops_speedup"]]
+    if noisy:
+        names = ", ".join(f"N={c['interval']} order {c['order']} ({c['wall_speedup']:.2f}× > {c['flops_speedup']:.2f}×)"
+                          for c in noisy)  # fmt: skip
+        warn(
+            f"wall speedup above the FLOPs speedup in {names}: only timing noise does that, so the wall-clock "
+            "column is unreliable; rerun on an idle machine (finished cells are kept: delete cells.jsonl to retime)"
+        )
 
 
 def summarise(cells: dict[str, dict], args, weights_id: str) -> dict:

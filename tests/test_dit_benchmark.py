@@ -29,7 +29,8 @@ def make_ckpt(path, seed: int = 0):
 
 def run(tmp_path, monkeypatch, orders: list[str], *extra: str, fixed_seconds: bool = False) -> tuple[dict, list[str]]:
     """The benchmark on a random DiT-XS/4 with tiny settings; returns the summary and the sets sampled.
-    ``fixed_seconds`` replaces the measured wall-clock times by numbers of the cell, for byte comparisons."""
+    ``fixed_seconds`` replaces the measured wall-clock times by numbers of the cell (below its FLOPs speedup), for
+    byte comparisons and a stderr that timing noise cannot change."""
     ckpt = tmp_path / "xs.pt"
     if not ckpt.exists():
         make_ckpt(ckpt)
@@ -39,7 +40,7 @@ def run(tmp_path, monkeypatch, orders: list[str], *extra: str, fixed_seconds: bo
     def counting_sample_set(model, args, config, seed):
         sampled.append(f"N{config.interval}-O{config.max_order}-seed{seed}")
         samples, seconds = original(model, args, config, seed)
-        return samples, (10.0 + seed) / config.interval if fixed_seconds else seconds
+        return samples, (10.0 + seed) / config.interval**0.5 if fixed_seconds else seconds
 
     monkeypatch.setattr(benchmark_quality, "sample_set", counting_sample_set)
     argv = ["--ckpt", str(ckpt), "--intervals", "3", "--orders", *orders, "--num-samples", "12", "--spread-seeds",
@@ -84,7 +85,7 @@ def test_cells_of_other_settings_are_not_reused_and_a_cut_line_is_skipped(tmp_pa
     capsys.readouterr()
 
     # --first-enhance 1: full steps 0, 3, 6 (not 0, 1, 4); the E=2 cell must not be reused under the new setting.
-    summary, sampled = run(tmp_path, monkeypatch, ["0"], "--first-enhance", "1")
+    summary, sampled = run(tmp_path, monkeypatch, ["0"], "--first-enhance", "1", fixed_seconds=True)
     assert sampled == ["N1-O1-seed0", "N1-O1-seed1", "N3-O0-seed0"]
     assert summary["cells"][0]["full_steps"] == 3 and "settings" not in summary["cells"][0]
     assert "3 cells were recorded with other settings than" in capsys.readouterr().err
@@ -92,12 +93,12 @@ def test_cells_of_other_settings_are_not_reused_and_a_cut_line_is_skipped(tmp_pa
     # Killed during an append: the cut last line is dropped with a warning, the complete cells are reused.
     complete = cells_path.read_text()
     cells_path.write_text(complete + '{"key": "N3-O2", "interval": 3, "ord')
-    _, sampled = run(tmp_path, monkeypatch, ["0"], "--first-enhance", "1")
+    _, sampled = run(tmp_path, monkeypatch, ["0"], "--first-enhance", "1", fixed_seconds=True)
     assert sampled == []
     err = capsys.readouterr().err
     assert "line 7: dropped a cell cut short" in err and err.count("warning:") == 2
     # ... and the next cell is appended on a line of its own, not glued to the cut one: the next run reads it.
-    _, sampled = run(tmp_path, monkeypatch, ["0", "2"], "--first-enhance", "1")
+    _, sampled = run(tmp_path, monkeypatch, ["0", "2"], "--first-enhance", "1", fixed_seconds=True)
     assert sampled == ["N1-O1-seed0", "N3-O2-seed0"]
     assert cells_path.read_text().startswith(complete) and len(cells_path.read_text().splitlines()) == 7
     capsys.readouterr()
@@ -143,6 +144,17 @@ def test_a_killed_run_resumes_to_the_same_files(tmp_path, monkeypatch):
     assert sampled == ["N1-O1-seed0", "N3-O2-seed0"]
     assert {name: (out / name).read_bytes() for name in outputs} == uninterrupted
     assert (out / "cells.jsonl").read_text().splitlines() == log
+
+
+def test_a_wall_speedup_above_the_flops_speedup_is_flagged_as_noise(capsys):
+    cell = {"interval": 3, "order": 2, "flops_speedup": 2.29}
+    benchmark_quality.warn_timing_noise({"cells": [{**cell, "wall_speedup": 2.1}, {**cell, "wall_speedup": 2.0}]})
+    assert capsys.readouterr().err == ""
+    benchmark_quality.warn_timing_noise({"cells": [{**cell, "wall_speedup": 3.0}, {**cell, "interval": 4,
+                                                                                  "wall_speedup": 1.0}]})  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "above the FLOPs speedup in N=3 order 2 (3.00× > 2.29×):" in err
+    assert "N=4" not in err and "rerun on an idle machine" in err
 
 
 def test_a_corrupt_line_before_the_last_is_an_error(tmp_path):
