@@ -26,15 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common.cli import (
-    UsageError,
-    check_output_folder,
-    finite_float,
-    int_range,
-    parse_device,
-    run_cli,
-    warn,
-)
+from common.cli import UsageError, check_output_folder, finite_float, int_range, parse_device, run_cli, warn
 from common.flops import FlopsReport
 from common.images import to_uint8
 from common.integrity import check_finite, weights_fingerprint
@@ -112,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int_range(1), default=500, help="samples per forward (CFG doubles it)")
     parser.add_argument("--results-dir", default="results/benchmark-digits", help="where results are written")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:i]")
     return parser
 
 
@@ -191,8 +183,9 @@ def cell_settings(args, weights_id: str) -> dict:
 
 def load_cells(path: Path, settings: dict) -> dict[str, dict]:
     """The cells of ``path`` recorded with ``settings``, by key. A last line cut short (a kill during its append) is
-    skipped with a warning, as are the cells of other settings; a corrupt line elsewhere, or a cell of these
-    settings that lacks a number, is a :class:`UsageError` naming the line."""
+    dropped with a warning (:func:`end_cell_log` removes it before the next append), as are the cells of other
+    settings; a corrupt line elsewhere, or a cell of these settings that lacks a number, is a :class:`UsageError`
+    naming the line."""
     if not path.exists():
         return {}
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -231,15 +224,24 @@ def cell_problem(cell: dict) -> str | None:
     return None
 
 
-def drop_cut_line(path: Path) -> None:
-    """Cut a partial last line off the cell log: every cell ends in a newline, so a file that does not was killed
-    during an append; a cell appended after that partial line would merge with it into one corrupt line."""
+def end_cell_log(path: Path) -> None:
+    """Make the cell log end in a newline before cells are appended, else the next cell would merge with its last
+    line into one corrupt line: a partial cell (a kill during its append) is cut off, a complete one (a hand edit
+    that lost the final newline) is kept and ended."""
     if not path.exists():
         return
     data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
+    if not data or data.endswith(b"\n"):
+        return
+    start = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[start:])
+    except ValueError:
         with path.open("r+b") as file:
-            file.truncate(data.rfind(b"\n") + 1)
+            file.truncate(start)
+    else:
+        with path.open("ab") as file:
+            file.write(b"\n")
 
 
 def append_cell(path: Path, cell: dict) -> None:
@@ -271,7 +273,7 @@ def main(args: argparse.Namespace) -> dict:
     step_flops = reference_step_flops(model, 2 * args.batch_size)
     # Everything is read and checked: from here on, files are written.
     results.mkdir(parents=True, exist_ok=True)
-    drop_cut_line(cells_path)
+    end_cell_log(cells_path)
 
     def record(key: str, **values) -> dict:
         cells[key] = {"key": key, **values, "settings": settings}

@@ -157,6 +157,19 @@ def test_a_wall_speedup_above_the_flops_speedup_is_flagged_as_noise(capsys):
     assert "N=4" not in err and "rerun on an idle machine" in err
 
 
+def test_the_cell_log_ends_in_a_newline_before_an_append(tmp_path):
+    path = tmp_path / "cells.jsonl"
+    path.write_bytes(b'{"key": "a"}\n{"key": "b", "fi')
+    benchmark_quality.end_cell_log(path)
+    assert path.read_bytes() == b'{"key": "a"}\n'  # the cut cell is dropped
+    path.write_bytes(b'{"key": "a"}\n{"key": "b"}')
+    benchmark_quality.end_cell_log(path)
+    assert path.read_bytes() == b'{"key": "a"}\n{"key": "b"}\n'  # a complete cell is kept
+    path.write_bytes(b"")
+    benchmark_quality.end_cell_log(path)
+    assert path.read_bytes() == b""
+
+
 def test_a_corrupt_line_before_the_last_is_an_error(tmp_path):
     path = tmp_path / "cells.jsonl"
     path.write_text('{"key": "N3-O0"\n\n{"key": "N3-O1", "settings": {}}\n')
