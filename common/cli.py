@@ -258,4 +258,5 @@ def check_schedule_flags(config: TaylorSeerConfig, num_steps: int, parser: argpa
     try:
         check_schedule(num_steps, config)
     except (TypeError, ValueError) as err:
-        parser.error(f"--derivative-start-step: {err}".replace("derivative_start_step", "--derivative-start-step"))
+        message = str(err).replace("derivative_start_step", "--derivative-start-step")
+        parser.error(message.replace("max_order", "--max-order"))

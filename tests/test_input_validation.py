@@ -173,4 +173,5 @@ def test_schedule_flags_name_the_flag(capsys) -> None:
         check_schedule_flags(config, 50, parser)
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("error:") == 1
-    assert "--derivative-start-step 60 forms no derivative" in err and "<= 46" in err
+    assert "error: --derivative-start-step 60 forms no derivative" in err
+    assert "use a --derivative-start-step <= 46, or --max-order 0 for FORA" in err
