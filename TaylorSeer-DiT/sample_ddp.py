@@ -44,20 +44,20 @@ from common.cli import (
     check_output_folder,
     int_range,
     run_cli,
-    warn,
 )
 from common.distributed import Distributed, setup_distributed
 from common.images import to_uint8
-from common.integrity import check_finite, set_aside, verify_png
+from common.integrity import check_finite, verify_png
 from common.io import atomic_write, remove_stale_temps
 from common.run_records import (
     CHECKSUM,
     RECORDS_FILE,
-    append_records,
     check_consistent,
     damaged_outputs,
     read_records,
     record_written,
+    set_aside_damaged,
+    sync_records,
 )
 from common.taylor_cache import TaylorCache, TaylorSeerConfig, full_step_indices
 from taylorseer_dit.checkpoints import find_dit_checkpoint
@@ -200,16 +200,10 @@ def prepare_folder(folder: Path, existing: Mapping[str, dict], planned: Mapping[
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(folder)
     damaged = damaged_outputs(folder, existing, planned, lambda path: verify_png(path, (image_size, image_size)))
-    for name, reason in damaged.items():
-        moved = set_aside(folder / name)
-        warn(f"{folder / name} {reason}: moved to {moved.name}; it is sampled again")
-    records = folder / RECORDS_FILE
-    append_records(records, existing, planned)
-    for name, record in planned.items():
-        # A PNG written by a run killed before it recorded the checksum, now verified: record it, so the packing
-        # (which packs only PNGs whose checksum matches) takes it.
-        if (folder / name).exists() and CHECKSUM not in existing.get(name, {}):
-            record_written(records, record, folder / name)
+    set_aside_damaged(folder, damaged)
+    # Also records the checksum of PNGs written by a run killed before it recorded them, now verified, so that the
+    # packing (which packs only PNGs whose checksum matches) takes them.
+    sync_records(folder / RECORDS_FILE, existing, planned)
 
 
 # Distribution of the work.

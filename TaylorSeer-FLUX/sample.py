@@ -49,20 +49,20 @@ from common.cli import (
     parse_device,
     run_cli,
     taylorseer_config_from_args,
-    warn,
 )
 from common.distributed import Distributed, setup_distributed
 from common.images import save_grid, to_uint8
-from common.integrity import check_finite, set_aside, verify_png
+from common.integrity import check_finite, verify_png
 from common.io import atomic_write, remove_stale_temps
 from common.run_records import (
-    CHECKSUM,
     RECORDS_FILE,
     append_records,
     check_consistent,
     damaged_outputs,
     read_records,
+    record_adopted,
     record_written,
+    set_aside_damaged,
 )
 from common.taylor_cache import TaylorSeerConfig, full_step_indices
 from taylorseer_flux.flops import flux_flops_report
@@ -351,24 +351,6 @@ def damaged_pngs(folder: Path, existing: dict[str, dict], planned: dict[str, dic
     return damaged_outputs(folder, existing, planned, verify=lambda path: verify_png(path, size))
 
 
-def set_aside_damaged(folder: Path, damaged: dict[str, str]) -> None:
-    """Rename every damaged PNG to ``{name}.damaged`` (never deleted: the user may want to look at it), with a warning,
-    so that this run makes it again."""
-    for name, reason in sorted(damaged.items()):
-        moved = set_aside(folder / name)
-        warn(f"{folder / name} {reason}: moved to {moved.name}, making it again")
-
-
-def record_adopted_checksums(
-    folder: Path, existing: dict[str, dict], planned: dict[str, dict], pending: set[str]
-) -> None:
-    """Record the checksum of every adopted PNG that has none (a run killed between writing and recording it), so
-    that the folder's records end as an uninterrupted run's would."""
-    for name, record in planned.items():
-        if name not in pending and (folder / name).exists() and CHECKSUM not in existing.get(name, {}):
-            record_written(folder / METADATA, record, folder / name)
-
-
 def check_batch_finite(result: FluxImages, batch: list[ImageJob]) -> None:
     """A NaN or inf anywhere in a batch's latents or images ends the run before any of its PNGs is saved."""
     names = ", ".join(png_path(Path(), job.index).name for job in batch)
@@ -442,7 +424,7 @@ def generate(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distribu
     pending = [job for job in jobs if not png_path(folder, job.index).exists()]
     setup.barrier()  # every process has listed the existing PNGs before any new one is written
     if setup.rank == 0:
-        record_adopted_checksums(folder, existing, planned, {png_path(Path(), job.index).name for job in pending})
+        record_adopted(folder / METADATA, existing, planned, [png_path(Path(), job.index).name for job in pending])
 
     # Global batches of consecutive pending indices, dealt round-robin: the same batches whatever the process count.
     batches = [pending[i : i + args.batch_size] for i in range(0, len(pending), args.batch_size)]

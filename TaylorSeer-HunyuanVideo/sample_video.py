@@ -67,19 +67,18 @@ from common.cli import (
     parse_device,
     run_cli,
     taylorseer_config_from_args,
-    warn,
 )
 from common.distributed import Distributed, launched_world_size, setup_distributed
-from common.integrity import check_finite, set_aside
+from common.integrity import check_finite
 from common.io import remove_stale_temps
 from common.run_records import (
-    CHECKSUM,
     RECORDS_FILE,
-    append_records,
     check_consistent,
     damaged_outputs,
     read_records,
     record_written,
+    set_aside_damaged,
+    sync_records,
 )
 from common.sequence_parallel import SequenceParallel
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
@@ -640,8 +639,8 @@ def run(args: argparse.Namespace, config: TaylorSeerConfig, ranks: VideoRanks, w
     if ranks.rank == 0:  # loading worked: only now is anything written
         args.save_path.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(args.save_path)
-        _set_aside(args.save_path, damaged)
-        _update_records(records_path, existing, planned, {job.path.name for job in pending})
+        set_aside_damaged(args.save_path, damaged)
+        sync_records(records_path, existing, planned)
     ranks.process.barrier()
     mine = contiguous_share(pending, ranks.num_groups, ranks.group_index)
     cache = None if config.is_uncached else TaylorCache(config)  # reset by the pipeline for every video
@@ -724,24 +723,6 @@ def _damaged_videos(
         dist.broadcast_object_list(shared, src=0)
         damaged = shared[0]
     return damaged
-
-
-def _set_aside(folder: Path, damaged: dict[str, str]) -> None:
-    """Rename every damaged video to ``{name}.damaged`` (never deleted: it may be worth a look) with a warning."""
-    for name, reason in sorted(damaged.items()):
-        moved = set_aside(folder / name)
-        warn(f"{folder / name} {reason}: moved to {moved.name}, making it again")
-
-
-def _update_records(path: Path, existing: dict[str, dict], planned: dict[str, dict], pending: set[str]) -> None:
-    """Append the planned records that are new, and bring the checksums in line with the files: a video about to be
-    made loses its old checksum (so that a run killed right after writing it verifies the new file by decoding, not
-    against the old checksum), and an adopted video without one (killed between writing and recording) gets it."""
-    stale = {name for name in pending if CHECKSUM in existing.get(name, {})}
-    append_records(path, {name: record for name, record in existing.items() if name not in stale}, planned)
-    for name, record in planned.items():
-        if name not in pending and CHECKSUM not in existing.get(name, {}):
-            record_written(path, record, path.parent / name)
 
 
 def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:

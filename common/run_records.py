@@ -23,8 +23,8 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from .cli import UsageError
-from .integrity import file_sha256
+from .cli import UsageError, warn
+from .integrity import file_sha256, set_aside
 
 __all__ = [
     "CHECKSUM",
@@ -33,7 +33,10 @@ __all__ = [
     "check_consistent",
     "damaged_outputs",
     "read_records",
+    "record_adopted",
     "record_written",
+    "set_aside_damaged",
+    "sync_records",
 ]
 
 RECORDS_FILE = "metadata.jsonl"
@@ -144,6 +147,40 @@ def damaged_outputs(
             if reason is not None:
                 damaged[name] = reason
     return damaged
+
+
+def set_aside_damaged(folder: str | Path, damaged: Mapping[str, str]) -> None:
+    """Rename every damaged file (``name -> reason``, from :func:`damaged_outputs`) to ``{name}.damaged``, never
+    deleting it (it may be worth a look, or the user's), with one warning each, so that the run makes it again."""
+    folder = Path(folder)
+    for name, reason in sorted(damaged.items()):
+        moved = set_aside(folder / name)
+        warn(f"{folder / name} {reason}: moved to {moved.name}; it is made again")
+
+
+def record_adopted(
+    path: str | Path, existing: Mapping[str, dict], planned: Mapping[str, dict], pending: Iterable[str]
+) -> None:
+    """Record the checksum of every planned file that the run adopts (it exists, is not ``pending``) but whose last
+    record has none: a run killed between writing and recording it, whose file was verified by decoding. The
+    records then end as an uninterrupted run's would. Files lie beside the records file."""
+    folder = Path(path).parent
+    skip = set(pending)
+    for name, record in planned.items():
+        if name not in skip and (folder / name).exists() and CHECKSUM not in existing.get(name, {}):
+            record_written(path, record, folder / name)
+
+
+def sync_records(path: str | Path, existing: Mapping[str, dict], planned: Mapping[str, dict]) -> None:
+    """Bring the records in line with the files beside them before a run writes: append the planned records that
+    are new or changed; drop the checksum of a planned file that is gone (set aside, deleted), so that a run killed
+    right after making it again verifies the new file by decoding rather than against the old checksum; and record
+    the checksum of every file adopted without one (:func:`record_adopted`)."""
+    folder = Path(path).parent
+    gone = {name for name in planned if not (folder / name).exists()}
+    current = {name: record for name, record in existing.items() if not (name in gone and CHECKSUM in record)}
+    append_records(path, current, planned)
+    record_adopted(path, existing, planned, pending=gone)
 
 
 def _without_checksum(record: Mapping | None) -> dict | None:

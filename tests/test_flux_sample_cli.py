@@ -357,7 +357,7 @@ def test_damaged_pngs_are_set_aside_and_made_again(
     assert len(warnings) == len(damaged)
     for line, name in zip(warnings, damaged, strict=True):
         assert line.startswith(f"warning: {folder / name} ")
-        assert line.endswith(f"moved to {name}.damaged, making it again")
+        assert line.endswith(f"moved to {name}.damaged; it is made again")
     if checksums:
         assert "its content differs from what this folder's run wrote (truncated or replaced)" in warnings[0]
     else:

@@ -21,7 +21,16 @@ from common.integrity import (
     verify_png,
     weights_fingerprint,
 )
-from common.run_records import CHECKSUM, append_records, check_consistent, damaged_outputs, read_records, record_written
+from common.run_records import (
+    CHECKSUM,
+    append_records,
+    check_consistent,
+    damaged_outputs,
+    read_records,
+    record_written,
+    set_aside_damaged,
+    sync_records,
+)
 
 
 def save_weights(path, value: float) -> None:
@@ -126,3 +135,31 @@ def test_records_never_hold_nan(tmp_path) -> None:
     assert not records.exists() or records.read_text() == ""
     append_records(records, {}, {"x.png": {"file": "x.png", "guidance": 3.5}})
     assert json.loads(records.read_text()) == {"file": "x.png", "guidance": 3.5}
+
+
+def test_sync_records_before_a_resumed_run(tmp_path, capsys) -> None:
+    """The records after set-aside: a new file gets its settings, a remade file loses its stale checksum, and a file
+    adopted without a checksum (killed between writing and recording) gets one."""
+    records = tmp_path / "metadata.jsonl"
+    planned = {f"{i:05d}.png": {"file": f"{i:05d}.png", "seed": i} for i in range(4)}
+    append_records(records, {}, {name: planned[name] for name in ("00000.png", "00001.png", "00002.png")})
+    for i in (0, 1):
+        write_png(tmp_path / f"{i:05d}.png", value=i)
+        record_written(records, planned[f"{i:05d}.png"], tmp_path / f"{i:05d}.png")
+    write_png(tmp_path / "00002.png", value=2)  # written, never recorded
+    (tmp_path / "00001.png").write_bytes(b"cut")  # damaged after it was recorded
+    existing = read_records(records)
+    damaged = damaged_outputs(tmp_path, existing, planned, verify_png)
+    assert list(damaged) == ["00001.png"]
+    set_aside_damaged(tmp_path, damaged)
+    assert "00001.png" in capsys.readouterr().err and (tmp_path / "00001.png.damaged").read_bytes() == b"cut"
+
+    sync_records(records, existing, planned)
+    after = read_records(records)
+    assert after["00000.png"] == existing["00000.png"]  # adopted with its checksum: unchanged
+    assert after["00001.png"] == planned["00001.png"]  # to be made again: no stale checksum
+    assert after["00002.png"] == {**planned["00002.png"], CHECKSUM: file_sha256(tmp_path / "00002.png")}
+    assert after["00003.png"] == planned["00003.png"]  # new
+    lines = records.read_text().splitlines()
+    sync_records(records, after, planned)
+    assert records.read_text().splitlines() == lines  # in line already: nothing appended
