@@ -70,6 +70,7 @@ from common.quality_metrics import (
     video_metrics,
 )
 from common.video_io import VideoDecodeError, read_video, verify_video
+from taylorseer_hunyuanvideo.vbench_info import read_vbench_info
 
 VIDEO_SUFFIXES = (".mp4",)
 REPORT_SUFFIXES = (".json",)
@@ -257,31 +258,6 @@ def read_vbench_results(paths: Sequence[str | Path]) -> tuple[dict[str, float], 
     return scores, [str(file) for file in files]
 
 
-def check_vbench_info(path: Path) -> Path:
-    """``path`` as VBench's full-info JSON (a non-empty list of objects with a "prompt_en" string and a "dimension"
-    list), checked here so that a wrong file is one message, not a traceback from inside VBench."""
-    if not path.is_file():
-        raise UsageError(
-            f"--vbench-info {path.absolute()} not found: pass VBench's full-info JSON (VBench_full_info.json)"
-        )
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--vbench-info {path} is not valid JSON ({exc}): pass VBench's full-info JSON") from None
-    except OSError as exc:
-        raise UsageError(f"--vbench-info {path} cannot be read ({exc.strerror}): check its permissions") from None
-    if not isinstance(entries, list) or not entries:
-        raise UsageError(f'--vbench-info {path} must be a non-empty list of {{"prompt_en", "dimension"}} objects')
-    for index, entry in enumerate(entries):
-        valid = isinstance(entry, dict) and isinstance(entry.get("prompt_en"), str) and entry["prompt_en"].strip()
-        if not valid or not isinstance(entry.get("dimension"), list):
-            raise UsageError(
-                f'--vbench-info {path}: entry {index} needs a "prompt_en" string and a "dimension" list, got '
-                f"{str(entry)[:80]}"
-            )
-    return path
-
-
 def check_videos_decode(folder: Path, progress: bool) -> int:
     """Decode every video of ``folder`` once (VBench would fail on a damaged one hours in); returns how many."""
     videos = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
@@ -407,7 +383,8 @@ def evaluate_vbench(args: argparse.Namespace, device: torch.device) -> tuple[dic
         videos = existing_dir(args.vbench, "video")
         if not args.vbench_info:
             raise UsageError("--vbench needs --vbench-info, VBench's full-info JSON (e.g. VBench_full_info.json)")
-        info = check_vbench_info(Path(args.vbench_info).expanduser())
+        info = Path(args.vbench_info).expanduser()
+        read_vbench_info(info, "--vbench-info", need_dimensions=True)
         output_dir = Path(args.vbench_output or videos.parent / f"{videos.name}-vbench").expanduser()
         check_output_folder(output_dir, "--vbench-output")
         check_videos_decode(videos, args.progress)

@@ -86,6 +86,7 @@ from common.video_io import verify_video, video_to_uint8_frames, write_video
 from taylorseer_hunyuanvideo.flops import hunyuan_flops_report, hunyuan_latent_shape
 from taylorseer_hunyuanvideo.model import HUNYUAN_VIDEO_PRESETS
 from taylorseer_hunyuanvideo.pipeline import HunyuanVideoPipeline, check_video_size
+from taylorseer_hunyuanvideo.vbench_info import read_vbench_prompts
 from taylorseer_hunyuanvideo.weights import (
     PRECISIONS,
     check_model_files,
@@ -245,31 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_taylorseer_args(parser, interval=5, max_order=1, first_enhance=1)
     return parser
-
-
-def read_vbench_prompts(path: Path) -> list[str]:
-    """The ``prompt_en`` of every entry of a VBench full-info JSON; ValueError naming the problem otherwise."""
-    if path.is_dir():
-        raise ValueError(f"--prompt-json {path} is a folder: pass the JSON file itself, e.g. VBench_full_info.json")
-    if not path.is_file():
-        raise ValueError(
-            f"--prompt-json {path} not found (expected VBench's full-info JSON, e.g. VBench_full_info.json)"
-        )
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"--prompt-json {path} is not valid JSON: {exc}") from exc
-    except OSError as exc:
-        raise ValueError(f"--prompt-json {path} cannot be read ({exc.strerror}): check its permissions") from exc
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f'--prompt-json {path} must be a non-empty list of {{"prompt_en": ...}} objects')
-    prompts = []
-    for index, entry in enumerate(entries):
-        prompt = entry.get("prompt_en") if isinstance(entry, dict) else None
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f'--prompt-json {path}: entry {index} has no non-empty "prompt_en" string: {entry!r}')
-        prompts.append(prompt)
-    return prompts
 
 
 def safe_file_stem(prompt: str) -> str:

@@ -112,7 +112,10 @@ SAMPLE_BAD_INPUTS = [
     pytest.param(PROMPT_JSON, "is not valid JSON", {"p.json": b"\xff\xfe[]"}, id="json-not-utf8"),
     pytest.param(PROMPT_JSON, "must be a non-empty list", {"p.json": "[]"}, id="json-empty-list"),
     pytest.param(
-        PROMPT_JSON, 'entry 1 has no non-empty "prompt_en"', {"p.json": '[{"prompt_en": "a"}, {}]'}, id="json-entry"
+        PROMPT_JSON,
+        'entry 1 needs a non-empty "prompt_en" string',
+        {"p.json": '[{"prompt_en": "a"}, {}]'},
+        id="json-entry",
     ),
     pytest.param(PROMPT_JSON, "too long for a file name", {"p.json": vbench_json("cat " * 70)}, id="json-long"),
     pytest.param(PROMPT_JSON, "would both be saved as", {"p.json": collision()}, id="json-name-collision"),
@@ -380,6 +383,7 @@ EVALUATE_BAD_INPUTS = [
     pytest.param(VBENCH, "video folder not found", {"info.json": vbench_json("a")}, id="vbench-missing"),
     pytest.param(["--vbench", "{tmp}/videos"], "--vbench needs --vbench-info", VBENCH_FILES, id="info-none"),
     pytest.param(VBENCH, "--vbench-info", {"videos/a-0.mp4": GOOD}, id="info-missing"),
+    pytest.param(VBENCH, "is a folder", {**VBENCH_FILES, "info.json": DIR}, id="info-folder"),
     pytest.param(VBENCH, "is not valid JSON", {**VBENCH_FILES, "info.json": "{"}, id="info-invalid"),
     pytest.param(VBENCH, "must be a non-empty list", {**VBENCH_FILES, "info.json": "[]"}, id="info-empty"),
     pytest.param(
