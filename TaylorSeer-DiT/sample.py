@@ -42,6 +42,7 @@ from taylorseer_dit.sampling_args import (
     check_model_args,
     latent_scale,
     load_model_and_vae,
+    weights_id,
 )
 
 FULL = TaylorSeerConfig(interval=1)
@@ -252,6 +253,9 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
     else:
         save_grid(next(iter(rows.values())), output)
     summary["grid"] = str(output)
+    # Which weights made the grid, by content: the file name alone says nothing (every train.py checkpoint is last.pt).
+    summary["ckpt"] = None if args.ckpt is None else str(args.ckpt)
+    summary["weights_id"] = weights_id(args)
     if vae is None:
         summary["raw"] = _save_raw(methods, timed, output)
     _print_table(summary)

@@ -13,9 +13,11 @@ from dit_testing import tiny_dit, tiny_vae
 from PIL import Image
 
 from common.images import save_grid
+from common.integrity import weights_fingerprint
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
 from taylorseer_dit import sample as sample_script
 from taylorseer_dit.checkpoints import load_dit
+from taylorseer_dit.defaults import BUNDLED_WEIGHTS
 from taylorseer_dit.diffusion import create_diffusion
 from taylorseer_dit.pipeline import SamplingResult, decode_latents, sample_dit
 from taylorseer_dit.sample import Method, build_parser, check_args, cli, main, noise_warnings, time_methods
@@ -213,6 +215,8 @@ def test_readme_main_job_runs_the_bundled_model_without_flags(tmp_path, monkeypa
     grid = Image.open(tmp_path / "sample.png")
     assert grid.height == 3 * (64 + 4) and grid.width > 10 * (64 + 2)  # three rows of ten digits, enlarged
     assert [Path(p).name for p in summary["raw"]] == ["sample-full.npy", "sample-fora.npy", "sample-taylorseer.npy"]
+    # The weights that made the grid, by content: the bundled file's fingerprint.
+    assert summary["ckpt"] is None and summary["weights_id"] == weights_fingerprint([BUNDLED_WEIGHTS])
 
 
 def test_the_bundled_model_is_timed_three_times_when_comparing():
