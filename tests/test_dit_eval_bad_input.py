@@ -4,7 +4,8 @@ one ``error:`` line that names the fix, and nothing written (tests/cli_testing.a
 Each case is the extra argv appended to a valid command (argparse keeps the last value of a repeated flag), built by a
 function of the test folder that first creates whatever obstacle the case needs: a truncated PNG, a cut ``.npz``, a
 file where a folder should be. The benchmark's cases that need no weights run with the model loader replaced by a
-failure: they must be refused before any loading.
+failure: they must be refused before any loading. The coverage tests at the end fail when a flag is added to either
+script without a row here.
 """
 
 from __future__ import annotations
@@ -417,3 +418,32 @@ BENCHMARK_WEIGHTS_CASES = [
 def test_benchmark_refuses_bad_weights_and_writes_nothing(case, message, tmp_path, capsys):
     argv = [*benchmark_base(tmp_path), *case(tmp_path)]
     assert_refused(benchmark_quality.cli, argv, message, capsys, watch=tmp_path)
+
+
+# --- coverage --------------------------------------------------------------------------------------------------------
+
+
+def row_flags(tables: list[list], tmp_path: Path) -> set[str]:
+    """The flags the rows pass, each row's case run in a folder of its own."""
+    argvs = []
+    for table in tables:
+        for _name, case, _message in table:
+            folder = tmp_path / f"row{len(argvs)}"
+            folder.mkdir()
+            argvs.append(case(folder))
+    return {value.split("=")[0] for argv in argvs for value in argv if value.startswith("--")}
+
+
+def parser_flags(parser) -> set[str]:
+    """Every option of ``parser`` but --help and the --no-X halves of boolean flags."""
+    options = {option for action in parser._actions for option in action.option_strings}
+    return {option for option in options if option.startswith("--") and not option.startswith(("--no-", "--help"))}
+
+
+def test_every_evaluate_flag_has_a_bad_input_row(tmp_path) -> None:
+    assert parser_flags(evaluate.build_parser()) == row_flags([EVALUATE_CASES], tmp_path)
+
+
+def test_every_benchmark_flag_has_a_bad_input_row(tmp_path) -> None:
+    tables = [BENCHMARK_CASES, BENCHMARK_WEIGHTS_CASES]
+    assert parser_flags(benchmark_quality.build_parser()) == row_flags(tables, tmp_path)

@@ -4,6 +4,7 @@
 Each case is the extra argv appended to a valid command (argparse keeps the last value of a repeated flag), built by a
 function of the test folder that first creates whatever obstacle the case needs (a file where a folder should be, ...).
 Cases that need no weights run with the model loader replaced by a failure: they must be refused before any loading.
+The coverage tests at the end fail when a flag is added to either script without a row here.
 """
 
 from __future__ import annotations
@@ -318,3 +319,47 @@ def test_a_damaged_or_foreign_records_file_is_refused(records, message, weights,
     (folder / "000000.png").write_bytes(b"an image made by someone else")
     argv = sample_ddp_argv(weights["pixel"], tmp_path)
     assert_refused(sample_ddp.cli, argv, message, capsys, watch=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------- coverage
+
+
+class StandInWeights(dict):
+    """The ``weights`` fixture's paths, not written: a file case only needs them to build its argv."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def __missing__(self, name: str) -> Path:
+        return self.folder / name
+
+
+def row_flags(tables: list[list], tmp_path: Path) -> set[str]:
+    """The flags the rows pass, each row's case run in a folder of its own; the unknown-flag row names no flag of the
+    script, so it is left out."""
+    argvs = []
+    for table in tables:
+        for _name, case, message in table:
+            if "unrecognized arguments" in message:
+                continue
+            folder = tmp_path / f"row{len(argvs)}"
+            folder.mkdir()
+            argvs.append(case(StandInWeights(folder) if table is FILE_CASES else folder))
+    return {value.split("=")[0] for argv in argvs for value in argv if value.startswith("--")}
+
+
+def parser_flags(parser) -> set[str]:
+    """Every option of ``parser`` but --help and the --no-X halves of boolean flags."""
+    options = {option for action in parser._actions for option in action.option_strings}
+    return {option for option in options if option.startswith("--") and not option.startswith(("--no-", "--help"))}
+
+
+def test_every_sample_flag_has_a_bad_input_row(tmp_path) -> None:
+    tables = [MODEL_FLAG_CASES, SAMPLE_CASES, FILE_CASES]
+    assert parser_flags(sample.build_parser()) == row_flags(tables, tmp_path)
+
+
+def test_every_sample_ddp_flag_has_a_bad_input_row(tmp_path) -> None:
+    tables = [MODEL_FLAG_CASES, SAMPLE_DDP_CASES, FILE_CASES]
+    assert parser_flags(sample_ddp.build_parser()) == row_flags(tables, tmp_path)

@@ -2,7 +2,8 @@
 one ``error:`` line that names the fix, no traceback, nothing written (tests/cli_testing.assert_refused), in process.
 
 Each table row is (arguments, expected message fragment, files to create first); "{tmp}" in an argument is the
-test's folder, which is watched: no file may appear or change in it.
+test's folder, which is watched: no file may appear or change in it. The coverage tests at the end fail when a flag is
+added to either script without a row here.
 """
 
 from __future__ import annotations
@@ -459,3 +460,24 @@ def test_evaluate_refuses_bad_input(mp4s, tmp_path, capsys, monkeypatch, argv, m
     make_files(tmp_path, files, mp4s)
     argv = expand([*argv, "--device", "cpu", "--no-progress"] if "--device" not in argv else argv, tmp_path)
     assert_refused(evaluate.cli, argv, message, capsys, watch=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------- coverage
+
+
+def row_flags(rows: list) -> set[str]:
+    return {value.split("=")[0] for row in rows for value in row.values[0] if value.startswith("--")}
+
+
+def parser_flags(parser) -> set[str]:
+    """Every option of ``parser`` but --help and the --no-X halves of boolean flags."""
+    options = {option for action in parser._actions for option in action.option_strings}
+    return {option for option in options if option.startswith("--") and not option.startswith(("--no-", "--help"))}
+
+
+def test_every_sample_video_flag_has_a_bad_input_row() -> None:
+    assert parser_flags(sample_video.build_parser()) == row_flags(SAMPLE_BAD_INPUTS)
+
+
+def test_every_evaluate_flag_has_a_bad_input_row() -> None:
+    assert parser_flags(evaluate.build_parser()) == row_flags(EVALUATE_BAD_INPUTS)
