@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from common.attention import attention
-from common.taylor_cache import LayerCache, TaylorCache, cached
+from common.caching import CacheMethod, LayerCache, cached, cached_tokens, run_blocks
 
 __all__ = ["DiT", "DiTBlock", "DiT_models", "get_2d_sincos_pos_embed"]
 
@@ -138,9 +138,15 @@ class DiTBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         attn = cached(cache, "attn", lambda: self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
         x = x + gate_msa.unsqueeze(1) * attn
-        mlp = cached(cache, "mlp", lambda: self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        # The MLP is token-wise: a method may run it on some tokens only (ToCa).
+        mlp = cached_tokens(cache, "mlp", lambda: modulate(self.norm2(x), shift_mlp, scale_mlp), self.mlp)
         x = x + gate_mlp.unsqueeze(1) * mlp
         return x
+
+    def modulated_input(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The attention's input: the timestep-modulated hidden state that TeaCache compares across steps."""
+        shift_msa, scale_msa = self.adaLN_modulation(c).chunk(6, dim=1)[:2]
+        return modulate(self.norm1(x), shift_msa, scale_msa)
 
 
 class FinalLayer(nn.Module):
@@ -233,18 +239,21 @@ class DiT(nn.Module):
         return x.reshape(x.shape[0], c, h * p, w * p)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cache: TaylorCache | None = None
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cache: CacheMethod | None = None
     ) -> torch.Tensor:
         """x: (N, C, H, W) noisy input, t: (N,) diffusion timesteps, y: (N,) class labels -> (N, out_channels, H, W)."""
         x = self.x_embedder(x) + self.pos_embed  # (N, T, D), T = H * W / patch_size**2
         c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (N, D)
-        for i, block in enumerate(self.blocks):
-            x = block(x, c, cache=None if cache is None else cache.layer(i))  # (N, T, D)
+        blocks = [
+            lambda h, block=block, i=i: block(h, c, cache=None if cache is None else cache.layer(i))
+            for i, block in enumerate(self.blocks)
+        ]
+        x = run_blocks(cache, blocks, x, signal=lambda: self.blocks[0].modulated_input(x, c))  # (N, T, D)
         x = self.final_layer(x, c)  # (N, T, patch_size**2 * out_channels)
         return self.unpatchify(x)
 
     def forward_with_cfg(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float, cache: TaylorCache | None = None
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float, cache: CacheMethod | None = None
     ) -> torch.Tensor:
         """Classifier-free guidance in one batched forward: the first half of the batch is conditional, the second
         half carries the null label. Because both halves run in the same forward, one TaylorCache serves both."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.taylor_cache import TaylorCache
+from common.caching import CacheMethod
 
 from .diffusion.gaussian_diffusion import GaussianDiffusion
 from .models import DiT
@@ -50,7 +50,7 @@ def sample_dit(
     class_labels: Sequence[int],
     *,
     cfg_scale: float = 1.5,
-    cache: TaylorCache | None = None,
+    cache: CacheMethod | None = None,
     ddim: bool = True,
     seed: int = 0,
     noise: torch.Tensor | None = None,
@@ -105,7 +105,7 @@ def sample_dit(
 
     on_step_begin = None
     if cache is not None:
-        cache.reset()
+        cache.reset(diffusion.num_timesteps)
         model_kwargs["cache"] = cache
         on_step_begin = cache.begin_step
 

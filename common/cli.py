@@ -39,7 +39,7 @@ __all__ = [
 MAX_SEED = 2**63 - 1
 """Largest seed any script takes (torch generators take 64-bit seeds; seed + index must stay below this)."""
 
-_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FACTOR_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -231,7 +231,7 @@ def add_taylorseer_args(
     )
     group.add_argument(
         "--factor-dtype",
-        choices=list(_DTYPES),
+        choices=list(FACTOR_DTYPES),
         default="auto",
         help="dtype of the stored Taylor factors; auto = the features' dtype (as the reference)",
     )
@@ -246,7 +246,7 @@ def taylorseer_config_from_args(args: argparse.Namespace, parser: argparse.Argum
             max_order=args.max_order,
             first_enhance=args.first_enhance,
             derivative_start_step=args.derivative_start_step,
-            factor_dtype=_DTYPES[args.factor_dtype],
+            factor_dtype=FACTOR_DTYPES[args.factor_dtype],
         )
     except (TypeError, ValueError) as err:
         parser.error(f"invalid TaylorSeer setting: {err}")

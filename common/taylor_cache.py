@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .caching import CacheMethod, LayerCache, cached, cached_group
+
 __all__ = [
     "TaylorSeerConfig",
     "TaylorCache",
@@ -151,7 +153,7 @@ class _Slot:
     """dtype the module produced, restored on forecasts when the factors are kept in another dtype."""
 
 
-class TaylorCache:
+class TaylorCache(CacheMethod):
     """Per-run cache state for one model. Create it, hand it to the model's forward, call :meth:`begin_step` each step.
 
     Slots are keyed by any hashable, e.g. ``(layer_index, "attn")``, and created lazily at the first full step, so
@@ -159,40 +161,18 @@ class TaylorCache:
     """
 
     def __init__(self, config: TaylorSeerConfig) -> None:
+        super().__init__()
         self.config = config
         self._slots: dict[Hashable, _Slot] = {}
-        self.step: int | None = None
-        self.is_full_step = True
-        self.num_full_steps = 0
-        self.num_forecast_steps = 0
 
     @torch.compiler.disable
-    def reset(self) -> None:
+    def reset(self, num_steps: int | None = None) -> None:
         """Forget every feature and counter, so that no derivative is formed across runs."""
+        super().reset(num_steps)
         self._slots.clear()
-        self.step = None
-        self.is_full_step = True
-        self.num_full_steps = 0
-        self.num_forecast_steps = 0
 
-    @torch.compiler.disable
-    def begin_step(self, step: int) -> bool:
-        """Announce sampling step ``step`` (sampling order); returns whether it is a full step.
-
-        Steps must increase within a run; call :meth:`reset` before starting another run.
-        """
-        if self.step is not None and step <= self.step:
-            raise ValueError(
-                f"TaylorCache.begin_step({step}) after step {self.step}: steps must increase within a run; "
-                "call cache.reset() before a new sampling run"
-            )
-        self.step = step
-        self.is_full_step = is_full_step(step, self.config)
-        if self.is_full_step:
-            self.num_full_steps += 1
-        else:
-            self.num_forecast_steps += 1
-        return self.is_full_step
+    def plan_step(self, step: int) -> bool:
+        return is_full_step(step, self.config)
 
     def apply(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Run ``compute()`` and record its output at a full step, or forecast it without running it otherwise."""
@@ -250,10 +230,6 @@ class TaylorCache:
             )
         return taylor_forecast(slot.factors, step - slot.last_full_step).to(slot.feature_dtype)
 
-    def layer(self, index: int) -> LayerCache:
-        """A view that prefixes every key with a block index, handed to that block's forward."""
-        return LayerCache(self, index)
-
     def order(self, key: Hashable) -> int:
         """Highest Taylor order currently available for ``key`` (-1 if never computed)."""
         slot = self._slots.get(key)
@@ -266,41 +242,3 @@ class TaylorCache:
         if self.step is None:
             raise RuntimeError(f"TaylorCache.{what}() before begin_step(): the sampler must announce each step")
         return self.step
-
-
-class LayerCache:
-    """The cache as seen by one block: keys become ``(layer_index, name)``."""
-
-    __slots__ = ("cache", "index")
-
-    def __init__(self, cache: TaylorCache, index: int) -> None:
-        self.cache = cache
-        self.index = index
-
-    def apply(self, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        return self.cache.apply((self.index, name), compute)
-
-    def apply_group(
-        self, names: Sequence[str], compute: Callable[[], Sequence[torch.Tensor]]
-    ) -> tuple[torch.Tensor, ...]:
-        return self.cache.apply_group([(self.index, name) for name in names], compute)
-
-
-def cached(cache: LayerCache | TaylorCache | None, name: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """``compute()`` when there is no cache (the plain model, unchanged), else the cache's compute-or-forecast."""
-    if cache is None:
-        return compute()
-    return cache.apply(name, compute)
-
-
-def cached_group(
-    cache: LayerCache | TaylorCache | None,
-    names: Sequence[Hashable],
-    compute: Callable[[], Sequence[torch.Tensor]],
-) -> tuple[torch.Tensor, ...]:
-    """:func:`cached` for one computation with several outputs (e.g. a joint attention's image and text parts):
-    ``names[i]`` caches ``compute()[i]``. Without a cache ``compute()`` just runs; at a full step it runs once and
-    every output is recorded; at a forecast step every output is forecast and ``compute`` never runs."""
-    if cache is None:
-        return tuple(compute())
-    return cache.apply_group(names, compute)

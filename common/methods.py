@@ -1,0 +1,166 @@
+"""The caching methods by name, their configs and their command-line flags (1:1 onto each config's fields).
+
+    --method full         the plain model (no cache)
+    --method taylorseer   TaylorSeer: Taylor forecasts of module outputs (--interval, --max-order, ...)
+    --method fora         FORA: reuse of module outputs every N steps (TaylorSeer at order 0, bit for bit)
+    --method delta-dit    Δ-DiT: a block range bypassed by its cached residual (--cached-blocks, --delta-boundary)
+    --method toca         ToCa: token-wise caching (--fresh-ratio, --toca-score, --layer-schedule)
+    --method duca         DuCa: ToCa steps alternating with whole-stack reuse
+    --method teacache     TeaCache: whole steps skipped by the accumulated input change (--teacache-thresh)
+
+Each tree adds the flags with its reference defaults (``add_method_args``), builds the validated config from them
+(``method_config_from_args``) and a fresh per-run cache from the config (``make_cache``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, replace
+
+import torch
+
+from .caching import CacheMethod
+from .cli import FACTOR_DTYPES, finite_float, int_range
+from .delta_dit import DeltaDiTCache, DeltaDiTConfig
+from .taylor_cache import TaylorCache, TaylorSeerConfig
+from .teacache import TEACACHE_COEFFICIENTS, TeaCache, TeaCacheConfig
+from .toca import SCORES, DuCaCache, ToCaCache, ToCaConfig
+
+__all__ = [
+    "METHODS",
+    "MethodConfig",
+    "add_method_args",
+    "describe",
+    "make_cache",
+    "method_config_from_args",
+    "method_record",
+]
+
+METHODS = ("full", "taylorseer", "fora", "delta-dit", "toca", "duca", "teacache")
+MethodConfig = TaylorSeerConfig | DeltaDiTConfig | ToCaConfig | TeaCacheConfig | None
+
+
+def add_method_args(
+    parser: argparse.ArgumentParser,
+    *,
+    method: str = "taylorseer",
+    teacache_coefficients: str = "identity",
+    teacache_thresh: float = 0.4,
+) -> argparse._ArgumentGroup:
+    """``--method`` and the flags of the methods other than TaylorSeer's (which ``add_taylorseer_args`` adds)."""
+    group = parser.add_argument_group("caching method", "which training-free method runs, and its own settings")
+    group.add_argument("--method", choices=METHODS, default=method, help="caching method (full = the plain model)")
+    group.add_argument(
+        "--cached-blocks", type=int_range(1), default=1, help="Δ-DiT: blocks in the range bypassed by its residual"
+    )
+    group.add_argument(
+        "--delta-boundary",
+        type=finite_float(0, 1),
+        default=0.5,
+        help="Δ-DiT: fraction of the run before which the rear blocks are bypassed, after which the front ones",
+    )
+    group.add_argument(
+        "--fresh-ratio", type=finite_float(0, 1), default=0.1, help="ToCa/DuCa: fraction of tokens recomputed"
+    )
+    group.add_argument("--toca-score", choices=SCORES, default="norm", help="ToCa/DuCa: how fresh tokens are chosen")
+    group.add_argument(
+        "--layer-schedule",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ToCa/DuCa: scale the fresh ratio by 1.5 - l / (depth - 1) per layer",
+    )
+    group.add_argument(
+        "--teacache-thresh",
+        type=finite_float(0),
+        default=teacache_thresh,
+        help="TeaCache: accumulated rescaled input change under which steps are skipped (0 = every step computed)",
+    )
+    group.add_argument(
+        "--teacache-coefficients",
+        choices=list(TEACACHE_COEFFICIENTS),
+        default=teacache_coefficients,
+        help="TeaCache: the rescaling polynomial (published for flux and hunyuanvideo; identity = none)",
+    )
+    return group
+
+
+def method_config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> MethodConfig:
+    """The validated config of ``--method`` from the parsed flags (None for full); ``parser.error`` otherwise."""
+    try:
+        return _config(args)
+    except (TypeError, ValueError) as err:
+        parser.error(f"invalid --method {args.method} setting: {err}")
+
+
+def _config(args: argparse.Namespace) -> MethodConfig:
+    if args.method == "full":
+        return None
+    if args.method in ("taylorseer", "fora"):
+        config = TaylorSeerConfig(
+            interval=args.interval,
+            max_order=args.max_order,
+            first_enhance=args.first_enhance,
+            derivative_start_step=args.derivative_start_step,
+            factor_dtype=FACTOR_DTYPES[args.factor_dtype],
+        )
+        return replace(config, max_order=0, derivative_start_step=0) if args.method == "fora" else config
+    if args.method == "delta-dit":
+        return DeltaDiTConfig(
+            interval=args.interval,
+            cached_blocks=args.cached_blocks,
+            boundary=args.delta_boundary,
+            first_enhance=args.first_enhance,
+        )
+    if args.method in ("toca", "duca"):
+        return ToCaConfig(
+            interval=args.interval,
+            fresh_ratio=args.fresh_ratio,
+            score=args.toca_score,
+            layer_schedule=args.layer_schedule,
+            first_enhance=args.first_enhance,
+        )
+    return TeaCacheConfig(
+        threshold=args.teacache_thresh, coefficients=TEACACHE_COEFFICIENTS[args.teacache_coefficients]
+    )
+
+
+def make_cache(method: str, config: MethodConfig) -> CacheMethod | None:
+    """A fresh per-run cache for ``method`` with ``config``; None for full compute (the plain model)."""
+    if method == "full" or config is None:
+        return None
+    if isinstance(config, TaylorSeerConfig):
+        return None if config.is_uncached else TaylorCache(config)
+    if isinstance(config, DeltaDiTConfig):
+        return DeltaDiTCache(config)
+    if isinstance(config, ToCaConfig):
+        return DuCaCache(config) if method == "duca" else ToCaCache(config)
+    if isinstance(config, TeaCacheConfig):
+        return TeaCache(config)
+    raise TypeError(f"no cache for a {type(config).__name__}")
+
+
+def method_record(method: str, config: MethodConfig) -> dict | None:
+    """The method and its settings as JSON-able values, for result records (None for full compute)."""
+    if config is None:
+        return None
+    fields = asdict(config)
+    if isinstance(fields.get("factor_dtype"), torch.dtype):
+        fields["factor_dtype"] = str(fields["factor_dtype"]).removeprefix("torch.")
+    if "coefficients" in fields:
+        fields["coefficients"] = list(fields["coefficients"])
+    return {"method": method, **fields}
+
+
+def describe(method: str, config: MethodConfig) -> str:
+    """A short label, e.g. "TaylorSeer N=5 O=3", "ToCa N=5 R=0.1", "TeaCache l=0.4"."""
+    if config is None:
+        return "full compute"
+    if method == "fora":
+        return f"FORA N={config.interval}"
+    if method == "taylorseer":
+        return f"TaylorSeer N={config.interval} O={config.max_order}"
+    if method == "delta-dit":
+        return f"Δ-DiT N={config.interval} k={config.cached_blocks}"
+    if method in ("toca", "duca"):
+        return f"{'ToCa' if method == 'toca' else 'DuCa'} N={config.interval} R={config.fresh_ratio:g}"
+    return f"TeaCache l={config.threshold:g}"
