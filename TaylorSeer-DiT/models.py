@@ -1,9 +1,11 @@
 """DiT (Peebles & Xie, "Scalable Diffusion Models with Transformers") with TaylorSeer's cache calls inline.
 
 Parameter names equal the keys of the original DiT checkpoints (``DiT-XL-2-256x256.pt``), so they load unchanged.
-With ``cache=None`` every forward is the plain DiT; with a :class:`~common.taylor_cache.TaylorCache`, each block's
-attention and MLP outputs (after their output projection, before the adaLN gate) are computed and recorded at full
-steps and forecast at the others, exactly where the TaylorSeer reference caches them.
+With ``cache=None`` every forward is the plain DiT. With a cache (any :class:`~common.caching.CacheMethod`), each
+block's attention and MLP outputs (after their output projection, before the adaLN gate) go through it, exactly where
+the TaylorSeer reference caches them: TaylorSeer computes and records them at full steps and forecasts them at the
+others; ToCa recomputes the MLP of its fresh tokens only. The block stack runs through the cache too, which Δ-DiT,
+DuCa and TeaCache use to bypass block ranges or the whole stack.
 """
 
 from __future__ import annotations
