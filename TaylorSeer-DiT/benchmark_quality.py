@@ -1,16 +1,24 @@
 """Quality against speed on the bundled digits model: TaylorSeer orders 1-4 against FORA (order 0) for N = 2..8.
 
-    python TaylorSeer-DiT/benchmark_quality.py                    # ~30 min on 2 CPU cores; resumes if stopped
+    python TaylorSeer-DiT/benchmark_quality.py                    # ~40 min on 2 CPU cores; resumes if stopped
 
-Every cell samples the same noise and labels as the full-compute run (DDIM 50, CFG) and reports the FLOPs speedup,
-the wall-clock speedup, the relative L2 error of the final samples against full compute, the FID against the real
-digits (in the feature space of the shipped digits classifier, see fidelity.py) and the class agreement judged by
-that classifier. The FID of full compute over several noise seeds gives the seed-to-seed spread that a difference
-must exceed to mean something. Cells are appended to cells.jsonl as they finish, each with the settings it was made
-with (the weights by content, not by path); a rerun skips the finished cells of its own settings (cells recorded with
-other settings are not reused, and it says so), and a last line cut short by a kill is dropped with a warning.
-Outputs: results.md (markdown tables), results.json and quality_vs_speedup.png in --results-dir; a stopped run,
-resumed, writes the same files as one that was never stopped (up to its wall-clock times).
+Every cell samples the same noise and labels as the full-compute run of seed 0 (DDIM 50, CFG; labels cycle 0..9, so
+every class gets the same number of samples) and reports the FLOPs speedup, the wall-clock speedup, the relative L2
+error of the final samples against full compute, the FID against the real digits (in the feature space of the shipped
+digits classifier, see fidelity.py) and the class agreement judged by that classifier.
+
+Differences are paired: sample i of a cell and sample i of full compute share their noise and label, so a bootstrap
+that resamples the sample indices (the same resampled indices for every cell and for full compute, within each label)
+gives 95% intervals of FID(cell) - FID(full), of the class agreement's difference, of the L2 error, and of each
+TaylorSeer cell against FORA at the same N (see common/paired_stats.py). Full compute is also sampled on further noise
+seeds, whose FIDs give the seed-to-seed spread (reported with the number of seeds).
+
+Cells are appended to cells.jsonl as they finish, each with the settings it was made with (the weights by content,
+not by path) and its bootstrap replicates, from which the intervals are computed; a rerun skips the finished cells of
+its own settings (cells recorded with other settings are not reused, and it says so), and a last line cut short by a
+kill is dropped with a warning. Outputs: results.md (markdown tables), results.json and quality_vs_speedup.png in
+--results-dir; a stopped run, resumed, writes the same files as one that was never stopped (up to its wall-clock
+times).
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ import math
 import os
 import statistics
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -30,12 +40,21 @@ from common.cli import UsageError, check_output_folder, finite_float, int_range,
 from common.flops import FlopsReport
 from common.images import to_uint8
 from common.integrity import check_finite, weights_fingerprint
+from common.paired_stats import (
+    FrechetReference,
+    bootstrap_fid,
+    bootstrap_indices,
+    bootstrap_mean,
+    bootstrap_rel_l2,
+    excludes_zero,
+    percentile_interval,
+)
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
 from taylorseer_dit.checkpoints import find_dit_checkpoint, load_dit
 from taylorseer_dit.defaults import BUNDLED_CFG_SCALE, BUNDLED_MODEL
 from taylorseer_dit.diffusion import create_diffusion
-from taylorseer_dit.digits import DIGITS_IMAGE_SIZE, load_classifier
-from taylorseer_dit.fidelity import MIN_IMAGES, compute_metrics
+from taylorseer_dit.digits import DIGITS_IMAGE_SIZE, DigitClassifier, load_classifier
+from taylorseer_dit.fidelity import MIN_IMAGES, fid_features, fid_of_features
 from taylorseer_dit.flops import reference_step_flops
 from taylorseer_dit.models import DiT
 from taylorseer_dit.pipeline import sample_dit
@@ -48,6 +67,14 @@ OUTPUTS = {CELLS: "cell log", "results.json": "summary", "results.md": "tables",
 # The numbers each kind of cell holds: a cell without one of them cannot be summarised.
 FULL_FIELDS = ("seed", "seconds", "fid", "agreement")
 GRID_FIELDS = ("interval", "order", "seconds", "flops_speedup", "full_steps", "rel_l2", "fid", "agreement")
+# The bootstrap replicates each kind of cell holds (full compute: seed 0 only, the reference of every difference).
+FULL_REPLICATES = ("fid", "agreement")
+GRID_REPLICATES = ("fid", "agreement", "rel_l2")
+# The paired bootstrap: resamples of the sample indices within each label, the same for every cell (fixed seed).
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+LEVEL = 0.95
+NUM_CLASSES = 10
 SUSPECTS = "--cfg-scale and --ckpt (a non-finite sample comes from the guidance or the weights)"
 
 
@@ -87,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--spread-seeds",
         type=explained(int_range(2), "a seed-to-seed spread needs two seeds; seed 0 is also every cell's reference"),
-        default=3,
-        help="noise seeds of full compute for the FID spread, >= 2",
+        default=6,
+        help="noise seeds of full compute for the seed-to-seed FID spread, >= 2",
     )
     parser.add_argument(
         "--num-sampling-steps",
@@ -138,11 +165,17 @@ def check_results_dir(path: str | Path) -> Path:
     return folder
 
 
+def sample_labels(num_samples: int) -> torch.Tensor:
+    """The labels of every set: 0..9 in turn, so each class gets the same count (the real digits are near-balanced,
+    178 +- 5 per class) and no set's FID moves with a random draw of class proportions."""
+    return torch.arange(num_samples) % NUM_CLASSES
+
+
 def sample_set(model: DiT, args, config: TaylorSeerConfig, seed: int) -> tuple[torch.Tensor, float]:
     """``num_samples`` samples of one noise seed, in batches; returns them and the sampling seconds."""
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(args.num_samples, 1, DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE, generator=generator)
-    labels = torch.arange(args.num_samples) % 10
+    labels = sample_labels(args.num_samples)
     diffusion = create_diffusion(str(args.num_sampling_steps))
     cache = None if config.is_uncached else TaylorCache(config)
     samples, seconds = [], 0.0
@@ -157,14 +190,47 @@ def sample_set(model: DiT, args, config: TaylorSeerConfig, seed: int) -> tuple[t
     return samples, seconds
 
 
+@dataclass(frozen=True)
+class Yardstick:
+    """What every set is measured with: the classifier, the real digits' features (extracted once) and the
+    bootstrap resamples of the sample indices, shared by all cells so that their replicates are paired."""
+
+    classifier: DigitClassifier
+    real_features: torch.Tensor
+    reference: FrechetReference
+    indices: np.ndarray
+
+    @classmethod
+    def build(cls, num_samples: int) -> Yardstick:
+        real = fid_features("digits", "reference", feature_extractor="digits")
+        strata = sample_labels(num_samples).numpy()
+        indices = bootstrap_indices(num_samples, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, strata)
+        return cls(load_classifier(), real, FrechetReference.of(real.numpy()), indices)
+
+
 @torch.no_grad()
-def class_agreement(classifier, samples: torch.Tensor) -> float:
-    labels = torch.arange(len(samples)) % 10
-    return (classifier(samples.clamp(-1, 1)).argmax(1) == labels).float().mean().item()
+def correct_labels(classifier, samples: torch.Tensor) -> np.ndarray:
+    """Per sample, 1.0 where the classifier sees the class it was sampled for, else 0.0."""
+    predicted = classifier(samples.clamp(-1, 1)).argmax(1)
+    return (predicted == sample_labels(len(samples))).double().numpy()
 
 
-def fid(samples: torch.Tensor) -> float:
-    return compute_metrics(to_uint8(samples), "digits", metrics=("fid",), feature_extractor="digits")["fid"]
+def measure(samples: torch.Tensor, yardstick: Yardstick, full: torch.Tensor | None = None) -> dict:
+    """FID and class agreement of ``samples`` (and, given the full-compute samples of the same noise, the relative L2
+    error against them), each with its bootstrap replicates under the shared resamples."""
+    features = fid_features(to_uint8(samples), feature_extractor="digits")
+    correct = correct_labels(yardstick.classifier, samples)
+    values = {"fid": fid_of_features(features, yardstick.real_features), "agreement": float(correct.mean())}
+    replicates = {
+        "fid": bootstrap_fid(features.numpy(), yardstick.reference, yardstick.indices),
+        "agreement": bootstrap_mean(correct, yardstick.indices),
+    }
+    if full is not None:
+        errors = (samples - full).double().flatten(1).square().sum(1).numpy()
+        norms = full.double().flatten(1).square().sum(1).numpy()
+        values["rel_l2"] = math.sqrt(errors.sum() / norms.sum())
+        replicates["rel_l2"] = bootstrap_rel_l2(errors, norms, yardstick.indices)
+    return {**values, "bootstrap": {name: array.tolist() for name, array in replicates.items()}}
 
 
 def cell_settings(args, weights_id: str) -> dict:
@@ -178,6 +244,7 @@ def cell_settings(args, weights_id: str) -> dict:
         "cfg_scale": args.cfg_scale,
         "batch_size": args.batch_size,
         "device": torch.device(args.device).type,
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "strata": "label"},
     }
 
 
@@ -215,13 +282,24 @@ def load_cells(path: Path, settings: dict) -> dict[str, dict]:
 
 
 def cell_problem(cell: dict) -> str | None:
-    """Why ``cell`` cannot be summarised (a missing or non-finite number), or None."""
-    fields = FULL_FIELDS if cell["key"].startswith("full-") else GRID_FIELDS
-    for field in fields:
+    """Why ``cell`` cannot be summarised (a missing or non-finite number, or missing bootstrap replicates), or None."""
+    full = cell["key"].startswith("full-")
+    for field in FULL_FIELDS if full else GRID_FIELDS:
         value = cell.get(field)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if not is_number(value):
             return f"has no finite number '{field}' (got {value!r})"
+    if full and cell["key"] != "full-seed0":
+        return None
+    replicates = cell.get("bootstrap")
+    for field in FULL_REPLICATES if full else GRID_REPLICATES:
+        values = replicates.get(field) if isinstance(replicates, dict) else None
+        if not isinstance(values, list) or len(values) != BOOTSTRAP_RESAMPLES or not all(map(is_number, values)):
+            return f"lacks its {BOOTSTRAP_RESAMPLES} finite bootstrap replicates of '{field}'"
     return None
+
+
+def is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
 
 
 def end_cell_log(path: Path) -> None:
@@ -269,7 +347,7 @@ def main(args: argparse.Namespace) -> dict:
     cells = load_cells(cells_path, settings)
     model = load_dit(BUNDLED_MODEL, weights, image_size=DIGITS_IMAGE_SIZE, latent_scale=1, in_channels=1,
                      num_classes=10, device=device)  # fmt: skip
-    classifier = load_classifier()
+    yardstick = Yardstick.build(args.num_samples)
     step_flops = reference_step_flops(model, 2 * args.batch_size)
     # Everything is read and checked: from here on, files are written.
     results.mkdir(parents=True, exist_ok=True)
@@ -292,17 +370,17 @@ def main(args: argparse.Namespace) -> dict:
         if seed == 0:
             full_samples = samples
         if key not in cells:
-            record(key, seed=seed, seconds=seconds, fid=fid(samples),
-                   agreement=class_agreement(classifier, samples))  # fmt: skip
+            measured = measure(samples, yardstick)
+            if seed != 0:  # only seed 0 is paired with the cells: the other seeds give the spread of the FID alone
+                del measured["bootstrap"]
+            record(key, seed=seed, seconds=seconds, **measured)
     for interval, order in tqdm(todo, desc="cells"):
         key = f"N{interval}-O{order}"
         config = TaylorSeerConfig(interval=interval, max_order=order, first_enhance=args.first_enhance)
         samples, seconds = sample_set(model, args, config, seed=0)
         flops = FlopsReport.for_schedule("reference", *step_flops, args.num_sampling_steps, config)
         record(key, interval=interval, order=order, seconds=seconds, flops_speedup=flops.speedup,
-               full_steps=flops.num_full_steps,
-               rel_l2=((samples - full_samples).norm() / full_samples.norm()).item(),
-               fid=fid(samples), agreement=class_agreement(classifier, samples))  # fmt: skip
+               full_steps=flops.num_full_steps, **measure(samples, yardstick, full_samples))  # fmt: skip
     summary = summarise(cells, args, weights_id)
     write_atomic(results / "results.json", (json.dumps(summary, indent=2) + "\n").encode())
     write_atomic(results / "results.md", markdown(summary).encode())
@@ -326,47 +404,127 @@ def warn_timing_noise(summary: dict) -> None:
 
 
 def summarise(cells: dict[str, dict], args, weights_id: str) -> dict:
-    """Aggregate the cells; wall speedups are taken against the fastest full-compute run (every seed is the same
-    workload), so that a full run slowed by other work on the machine does not inflate them."""
+    """Aggregate the cells, with the paired intervals their replicates give; wall speedups are taken against the
+    fastest full-compute run (every seed is the same workload), so that a full run slowed by other work on the
+    machine does not inflate them."""
     full = [cells[f"full-seed{s}"] for s in range(args.spread_seeds)]
     fids = [c["fid"] for c in full]
     full_seconds = min(c["seconds"] for c in full)
+    reference = replicates_of(full[0])
     grid = [cells[f"N{n}-O{o}"] for n in args.intervals for o in args.orders if f"N{n}-O{o}" in cells]
+    fora = {c["interval"]: c for c in grid if c["order"] == 0}
     return {
-        "settings": {**{k: v for k, v in vars(args).items() if k != "device"}, "weights_id": weights_id},
+        "settings": {
+            **{k: v for k, v in vars(args).items() if k != "device"},
+            "weights_id": weights_id,
+            "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "strata": "label", "level": LEVEL},
+        },
         "full_compute": {
+            "num_seeds": len(fids),
             "fid_per_seed": fids,
             "fid_mean": statistics.mean(fids),
-            "fid_std": statistics.stdev(fids) if len(fids) > 1 else 0.0,
+            "fid_std": statistics.stdev(fids),
+            "fid_min": min(fids),
+            "fid_max": max(fids),
+            # The same spread from seed 0's samples alone: a noise seed is one more draw of num_samples noises.
+            "fid_bootstrap_std": float(np.std(reference["fid"], ddof=1)),
             "agreement_per_seed": [c["agreement"] for c in full],
             "seconds": full_seconds,
         },
-        "cells": [
-            {**{k: v for k, v in cell.items() if k != "settings"}, "wall_speedup": full_seconds / cell["seconds"]}
-            for cell in grid
-        ],
+        "cells": [summarise_cell(cell, full[0], reference, fora.get(cell["interval"]), full_seconds) for cell in grid],
     }
 
 
+def replicates_of(cell: dict) -> dict[str, np.ndarray]:
+    return {name: np.asarray(values) for name, values in cell["bootstrap"].items()}
+
+
+def summarise_cell(cell: dict, full: dict, reference: dict, fora: dict | None, full_seconds: float) -> dict:
+    """One cell's numbers, and the intervals of its paired differences: against full compute, and, for TaylorSeer
+    orders, against FORA at the same N (the same resamples of the same noise)."""
+    own = replicates_of(cell)
+    summary = {k: v for k, v in cell.items() if k not in ("settings", "bootstrap")}
+    summary |= {
+        "wall_speedup": full_seconds / cell["seconds"],
+        "rel_l2_ci": percentile_interval(own["rel_l2"], LEVEL),
+        "delta_fid": cell["fid"] - full["fid"],
+        "delta_fid_ci": percentile_interval(own["fid"] - reference["fid"], LEVEL),
+        "delta_agreement": cell["agreement"] - full["agreement"],
+        "delta_agreement_ci": percentile_interval(own["agreement"] - reference["agreement"], LEVEL),
+    }
+    if fora is not None and cell["order"] != 0:
+        theirs = replicates_of(fora)
+        summary |= {
+            "delta_fid_vs_fora": cell["fid"] - fora["fid"],
+            "delta_fid_vs_fora_ci": percentile_interval(own["fid"] - theirs["fid"], LEVEL),
+        }
+        if (theirs["rel_l2"] > 0).all():  # a FORA equal to full compute (a test's stand-in) has no ratio
+            summary |= {
+                "rel_l2_ratio_to_fora": cell["rel_l2"] / fora["rel_l2"],
+                "rel_l2_ratio_to_fora_ci": percentile_interval(own["rel_l2"] / theirs["rel_l2"], LEVEL),
+            }
+    return summary
+
+
+def with_interval(value: float, interval: Sequence[float], digits: int, signed: bool = True) -> str:
+    """``value [low, high]``, in bold when the interval excludes 0 (the difference has a sign at that level)."""
+    spec = f"{'+' if signed else ''}.{digits}f"
+    text = f"{value:{spec}} [{interval[0]:{spec}}, {interval[1]:{spec}}]"
+    return f"**{text}**" if signed and excludes_zero(tuple(interval)) else text
+
+
 def markdown(summary: dict) -> str:
-    full = summary["full_compute"]
+    settings, full = summary["settings"], summary["full_compute"]
+    boot, level = settings["bootstrap"], f"{settings['bootstrap']['level']:.0%}"
     lines = [
-        f"Full compute (DDIM {summary['settings']['num_sampling_steps']}, CFG {summary['settings']['cfg_scale']}, "
-        f"{summary['settings']['num_samples']} samples): FID {full['fid_mean']:.3f} ± {full['fid_std']:.3f} "
-        f"(std over {len(full['fid_per_seed'])} noise seeds), class agreement "
+        f"Full compute (DDIM {settings['num_sampling_steps']}, CFG {settings['cfg_scale']}, "
+        f"{settings['num_samples']} samples, labels 0..9 in turn) over {full['num_seeds']} noise seeds "
+        f"0..{full['num_seeds'] - 1}: FID mean {full['fid_mean']:.3f}, std {full['fid_std']:.3f} (n = "
+        f"{full['num_seeds']}, ddof 1), range {full['fid_min']:.3f}..{full['fid_max']:.3f}; per seed "
+        + ", ".join(f"{f:.3f}" for f in full["fid_per_seed"])
+        + f". Bootstrap std of seed 0's FID over its samples: {full['fid_bootstrap_std']:.3f}. Class agreement "
         + ", ".join(f"{a:.3f}" for a in full["agreement_per_seed"])
-        + f", {full['seconds']:.1f} s (fastest seed; wall speedups are against it).",
+        + f"; {full['seconds']:.1f} s (fastest seed; wall speedups are against it).",
         "",
-        "| N | order | full steps | FLOPs speedup | wall speedup | rel. L2 vs full | FID | class agreement |",
-        "|---|---|---|---|---|---|---|---|",
+        f"Every cell uses seed 0's noise and labels. Intervals: {level} percentile intervals of a paired bootstrap "
+        f"over the samples ({boot['resamples']} resamples within each label, seed {boot['seed']}, the same sample "
+        "indices for every cell and for full compute). **Bold**: the interval excludes 0. The intervals are per "
+        f"cell, not corrected for the {len(summary['cells'])} comparisons: about 1 in 20 excludes 0 by chance.",
+        "",
+        f"| N | order | full steps | FLOPs speedup | wall speedup | rel. L2 vs full [{level} CI] | FID "
+        f"| ΔFID vs full [{level} CI] | class agreement | Δagreement vs full [{level} CI] |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in summary["cells"]:
-        name = "FORA" if c["order"] == 0 else str(c["order"])
         lines.append(
-            f"| {c['interval']} | {name} | {c['full_steps']} | {c['flops_speedup']:.2f}× | {c['wall_speedup']:.2f}× "
-            f"| {c['rel_l2']:.4f} | {c['fid']:.3f} | {c['agreement']:.3f} |"
+            f"| {c['interval']} | {order_name(c['order'])} | {c['full_steps']} | {c['flops_speedup']:.2f}× "
+            f"| {c['wall_speedup']:.2f}× | {with_interval(c['rel_l2'], c['rel_l2_ci'], 4, signed=False)} "
+            f"| {c['fid']:.3f} | {with_interval(c['delta_fid'], c['delta_fid_ci'], 2)} | {c['agreement']:.3f} "
+            f"| {with_interval(c['delta_agreement'], c['delta_agreement_ci'], 3)} |"
         )
+    paired = [c for c in summary["cells"] if "delta_fid_vs_fora" in c]
+    if paired:
+        lines += [
+            "",
+            "TaylorSeer against FORA at the same N (same noise, labels and resamples; ratio < 1: closer to full "
+            "compute than FORA, **bold** when the interval excludes 1):",
+            "",
+            f"| N | order | ΔFID vs FORA [{level} CI] | rel. L2 ÷ FORA's [{level} CI] |",
+            "|---|---|---|---|",
+        ]
+        for c in paired:
+            ratio = "–"
+            if "rel_l2_ratio_to_fora" in c:
+                ratio = with_interval(c["rel_l2_ratio_to_fora"], c["rel_l2_ratio_to_fora_ci"], 3, signed=False)
+                if excludes_zero(tuple(x - 1 for x in c["rel_l2_ratio_to_fora_ci"])):
+                    ratio = f"**{ratio}**"
+            delta = with_interval(c["delta_fid_vs_fora"], c["delta_fid_vs_fora_ci"], 2)
+            lines.append(f"| {c['interval']} | {c['order']} | {delta} | {ratio} |")
     return "\n".join(lines) + "\n"
+
+
+def order_name(order: int) -> str:
+    return "FORA" if order == 0 else str(order)
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -377,21 +535,27 @@ def plot(summary: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     orders = sorted({c["order"] for c in summary["cells"]})
-    for order in orders:
+    for rank, order in enumerate(orders):
         cells = sorted((c for c in summary["cells"] if c["order"] == order), key=lambda c: c["flops_speedup"])
         label = "FORA (order 0)" if order == 0 else f"TaylorSeer order {order}"
-        speedups = [c["flops_speedup"] for c in cells]
-        axes[0].plot(speedups, [c["fid"] for c in cells], marker="o", label=label)
-        axes[1].plot(speedups, [c["rel_l2"] for c in cells], marker="o", label=label)
+        # Every order of one N has the same speedup: a small shift keeps their error bars apart.
+        speedups = [c["flops_speedup"] * (1 + 0.012 * (rank - (len(orders) - 1) / 2)) for c in cells]
+        axes[0].errorbar(speedups, [c["delta_fid"] for c in cells], yerr=error_bars(cells, "delta_fid"), marker="o",
+                         capsize=2, label=label)  # fmt: skip
+        axes[1].errorbar(speedups, [c["rel_l2"] for c in cells], yerr=error_bars(cells, "rel_l2"), marker="o",
+                         capsize=2, label=label)  # fmt: skip
         if order == 0:  # N=7 and N=8 both have 8 full steps at E=2, T=50: name every point
-            for c in cells:
-                axes[1].annotate(f"N={c['interval']}", (c["flops_speedup"], c["rel_l2"]), fontsize=7,
-                                 textcoords="offset points", xytext=(-12, 6))  # fmt: skip
+            for c, x in zip(cells, speedups, strict=True):
+                axes[1].annotate(f"N={c['interval']}", (x, c["rel_l2"]), fontsize=7, textcoords="offset points",
+                                 xytext=(-12, 6))  # fmt: skip
     full = summary["full_compute"]
-    axes[0].axhspan(full["fid_mean"] - full["fid_std"], full["fid_mean"] + full["fid_std"], color="grey", alpha=0.3,
-                    label="full compute ± seed std")  # fmt: skip
-    axes[0].set(xlabel="FLOPs speedup", ylabel="FID vs real digits (classifier features)")
-    axes[1].set(xlabel="FLOPs speedup", ylabel="relative L2 error vs full compute", yscale="log")
+    axes[0].axhline(0, color="black", linewidth=0.8)
+    axes[0].axhspan(-full["fid_std"], full["fid_std"], color="grey", alpha=0.25,
+                    label=f"± full compute's seed std (n = {full['num_seeds']})")  # fmt: skip
+    level = f"{summary['settings']['bootstrap']['level']:.0%}"
+    axes[0].set(xlabel="FLOPs speedup", ylabel=f"FID(cell) - FID(full), paired {level} CI")
+    scale = "log" if any(c["rel_l2"] > 0 for c in summary["cells"]) else "linear"  # all 0: a test's stand-in
+    axes[1].set(xlabel="FLOPs speedup", ylabel=f"relative L2 error vs full compute, {level} CI", yscale=scale)
     axes[0].legend(fontsize=8)
     fig.suptitle("DiT-XS/4 on digits, DDIM 50 + CFG: quality against speed (lower is better)")
     fig.tight_layout()
@@ -399,6 +563,13 @@ def plot(summary: dict, path: Path) -> None:
     fig.savefig(temporary, dpi=120, format="png")
     plt.close(fig)
     os.replace(temporary, path)
+
+
+def error_bars(cells: list[dict], field: str) -> np.ndarray:
+    """matplotlib's (2, n) distances from each value down to its interval's low end and up to its high end."""
+    values = np.array([c[field] for c in cells])
+    intervals = np.array([c[f"{field}_ci"] for c in cells])
+    return np.clip(np.stack([values - intervals[:, 0], intervals[:, 1] - values]), 0, None)
 
 
 def cli(argv: Sequence[str] | None = None) -> dict:

@@ -77,6 +77,8 @@ __all__ = [
     "resolve_inception_weights",
     "open_images",
     "compute_metrics",
+    "fid_features",
+    "fid_of_features",
     "feature_cache_path",
 ]
 
@@ -436,6 +438,40 @@ def compute_metrics(
         features = [_features(dataset, what, extractor, settings, cache, weights) for what, dataset in inputs.items()]
     results = _metrics_from_features(layers, features, settings)
     return {ours: float(results[theirs]) for theirs, ours in RESULT_KEYS.items() if theirs in results}
+
+
+def fid_features(
+    images: ImageSource,
+    what: str = "images",
+    *,
+    feature_extractor: str = "inception",
+    inception_weights: str | Path | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """The (N, d) features that :func:`compute_metrics` computes FID on, extracted exactly as it extracts them: with
+    :func:`fid_of_features`, the same FID. For statistics that need the features themselves (a bootstrap over
+    samples), and to extract a fixed reference once rather than once per comparison."""
+    if feature_extractor not in FEATURE_EXTRACTORS:
+        raise ValueError(
+            f"unknown feature extractor '{feature_extractor}'; choose from {', '.join(FEATURE_EXTRACTORS)}"
+        )
+    device = resolve_device(device)
+    dataset = open_images(images, what)
+    weights = resolve_inception_weights(inception_weights) if feature_extractor == "inception" else CLASSIFIER_PATH
+    settings = _fidelity_kwargs({"fid"}, [len(dataset)], feature_extractor, weights, batch_size, None, False)
+    settings["cuda"] = device.type == "cuda"
+    layer = resolve_feature_layer_for_metric("fid", **settings)
+    with _cuda_device(device), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+        extractor = create_feature_extractor(settings["feature_extractor"], [layer], **settings)
+        return _features(dataset, what, extractor, settings, None, weights)[layer]
+
+
+def fid_of_features(samples: torch.Tensor, reference: torch.Tensor) -> float:
+    """FID between two sets of :func:`fid_features`, by torch-fidelity's own functions (as in compute_metrics)."""
+    stats = [fid_featuresdict_to_statistics({"fid": f}, "fid") for f in (samples, reference)]
+    return float(fid_statistics_to_metric(*stats, False)[torch_fidelity.KEY_METRIC_FID])
 
 
 def _check_metrics(metrics: Iterable[str]) -> set[str]:

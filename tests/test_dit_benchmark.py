@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from dit_testing import randomised
@@ -12,10 +13,18 @@ from common.flops import FlopsReport
 from common.integrity import weights_fingerprint
 from common.taylor_cache import TaylorSeerConfig
 from taylorseer_dit import benchmark_quality
+from taylorseer_dit.fidelity import compute_metrics, digits_uint8, fid_features, fid_of_features
 from taylorseer_dit.flops import reference_step_flops
 from taylorseer_dit.models import DiT_models
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+RESAMPLES = 40  # bootstrap resamples in these tests: the real run's 1000 would only cost time
+
+
+@pytest.fixture(autouse=True)
+def few_resamples(monkeypatch):
+    monkeypatch.setattr(benchmark_quality, "BOOTSTRAP_RESAMPLES", RESAMPLES)
+
 
 # Fewer, shorter samples for the tests that only count what is sampled and compare files.
 SMALL = ("--num-samples", "4", "--num-sampling-steps", "4", "--batch-size", "4")
@@ -58,7 +67,11 @@ def test_benchmark_writes_tables_and_resumes_by_cell(tmp_path, monkeypatch):
     flops = FlopsReport.for_schedule("reference", *reference_step_flops(model, 12), 7, TaylorSeerConfig(3, 0, 2))
     assert (fora["full_steps"], fora["flops_speedup"]) == (3, flops.speedup)
     assert fora["rel_l2"] > 0 and fora["fid"] > 0 and 0 <= fora["agreement"] <= 1
-    assert len(summary["full_compute"]["fid_per_seed"]) == 2 and summary["full_compute"]["fid_std"] > 0
+    full = summary["full_compute"]
+    assert full["num_seeds"] == 2 and len(full["fid_per_seed"]) == 2 and full["fid_std"] > 0
+    assert full["fid_min"] == min(full["fid_per_seed"]) and full["fid_bootstrap_std"] > 0
+    assert fora["delta_fid"] == fora["fid"] - full["fid_per_seed"][0]
+    assert fora["rel_l2_ci"][0] <= fora["rel_l2"] <= fora["rel_l2_ci"][1]
 
     summary, sampled = run(tmp_path, monkeypatch, ["0", "2"])
     assert sampled == ["N1-O1-seed0", "N3-O2-seed0"]  # the reference run again, and only the missing cell
@@ -70,6 +83,8 @@ def test_benchmark_writes_tables_and_resumes_by_cell(tmp_path, monkeypatch):
     assert json.loads((out / "results.json").read_text())["cells"][1]["order"] == 2
     table = (out / "results.md").read_text()
     assert "| 3 | FORA | 3 |" in table and "| 3 | 2 | 3 |" in table
+    assert "over 2 noise seeds 0..1" in table and f"({RESAMPLES} resamples within each label, seed 0" in table
+    assert "| ΔFID vs full [95% CI] |" in table and "| ΔFID vs FORA [95% CI] | rel. L2 ÷ FORA's [95% CI] |" in table
     assert (out / "quality_vs_speedup.png").stat().st_size > 10_000
 
 
@@ -80,7 +95,7 @@ def test_cells_of_other_settings_are_not_reused_and_a_cut_line_is_skipped(tmp_pa
     assert [c["key"] for c in first] == ["full-seed0", "full-seed1", "N3-O0"]
     settings = {"weights_id": weights_fingerprint([tmp_path / "xs.pt"]), "first_enhance": 2, "num_samples": 12,
                 "num_sampling_steps": 7, "cfg_scale": benchmark_quality.BUNDLED_CFG_SCALE, "batch_size": 6,
-                "device": "cpu"}  # fmt: skip
+                "device": "cpu", "bootstrap": {"resamples": RESAMPLES, "seed": 0, "strata": "label"}}  # fmt: skip
     assert all(cell["settings"] == settings for cell in first)
     capsys.readouterr()
 
@@ -124,22 +139,22 @@ def test_a_killed_run_resumes_to_the_same_files(tmp_path, monkeypatch):
 
     # Killed (Ctrl-C) while measuring the second cell, after the full-compute seeds and the first cell were logged.
     calls = []
-    real_fid = benchmark_quality.fid
+    real_measure = benchmark_quality.measure
 
-    def interrupted_fid(samples):
+    def interrupted_measure(*args):
         calls.append(1)
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return real_fid(samples)
+        return real_measure(*args)
 
-    monkeypatch.setattr(benchmark_quality, "fid", interrupted_fid)
+    monkeypatch.setattr(benchmark_quality, "measure", interrupted_measure)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, monkeypatch, ["0", "2"], *SMALL, fixed_seconds=True)
     assert [json.loads(line)["key"] for line in (out / "cells.jsonl").read_text().splitlines()] == [
         "full-seed0", "full-seed1", "N3-O0"
     ]  # fmt: skip
     assert not any((out / name).exists() for name in outputs)
-    monkeypatch.setattr(benchmark_quality, "fid", real_fid)
+    monkeypatch.setattr(benchmark_quality, "measure", real_measure)
     _, sampled = run(tmp_path, monkeypatch, ["0", "2"], *SMALL, fixed_seconds=True)
     assert sampled == ["N1-O1-seed0", "N3-O2-seed0"]
     assert {name: (out / name).read_bytes() for name in outputs} == uninterrupted
@@ -175,7 +190,8 @@ def test_a_corrupt_line_before_the_last_is_an_error(tmp_path):
     path.write_text('{"key": "N3-O0"\n\n{"key": "N3-O1", "settings": {}}\n')
     with pytest.raises(UsageError, match=r"cells.jsonl, line 1: not a JSON cell"):
         benchmark_quality.load_cells(path, {})
-    cell = {"key": "N3-O1", "settings": {}, **dict.fromkeys(benchmark_quality.GRID_FIELDS, 1)}
+    replicates = dict.fromkeys(benchmark_quality.GRID_REPLICATES, [1.0] * RESAMPLES)
+    cell = {"key": "N3-O1", "settings": {}, **dict.fromkeys(benchmark_quality.GRID_FIELDS, 1), "bootstrap": replicates}
     path.write_text("\n" + json.dumps(cell) + "\n\n")
     assert list(benchmark_quality.load_cells(path, {})) == ["N3-O1"]  # blank lines, even the last, are skipped
     # A cell of these settings without a number it needs, or with NaN (which Python's json reads), is refused.
@@ -185,6 +201,25 @@ def test_a_corrupt_line_before_the_last_is_an_error(tmp_path):
     path.write_text(json.dumps({**cell, "key": "full-seed0", "seed": 0, "agreement": float("nan")}) + "\n")
     with pytest.raises(UsageError, match=r"cell full-seed0 has no finite number 'agreement' \(got nan\)"):
         benchmark_quality.load_cells(path, {})
+    # ... as is one without all its bootstrap replicates (the intervals are computed from them), or with a NaN one.
+    path.write_text(json.dumps({**cell, "bootstrap": {**replicates, "rel_l2": [1.0] * (RESAMPLES - 1)}}) + "\n")
+    with pytest.raises(UsageError, match=rf"cell N3-O1 lacks its {RESAMPLES} finite bootstrap replicates of 'rel_l2'"):
+        benchmark_quality.load_cells(path, {})
+    path.write_text(
+        json.dumps(
+            {
+                **cell,
+                "key": "full-seed0",
+                "seed": 0,
+                "bootstrap": {"fid": [1.0] * RESAMPLES, "agreement": [float("nan")]},
+            }
+        )
+    )
+    with pytest.raises(UsageError, match="cell full-seed0 lacks its 40 finite bootstrap replicates of 'agreement'"):
+        benchmark_quality.load_cells(path, {})
+    # Full compute of the other seeds is not paired with anything: it needs no replicates.
+    path.write_text(json.dumps({**cell, "key": "full-seed1", "seed": 1, "bootstrap": None}) + "\n")
+    assert list(benchmark_quality.load_cells(path, {})) == ["full-seed1"]
 
 
 def test_missing_weights_are_one_readable_error(tmp_path):
@@ -196,3 +231,74 @@ def test_missing_weights_are_one_readable_error(tmp_path):
     result = subprocess.run([sys.executable, str(script), "--ckpt", str(tmp_path / "none.pt")], capture_output=True,
                             text=True, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2 and "none.pt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_fid_from_extracted_features_is_compute_metrics_fid_exactly():
+    samples = digits_uint8()[::7]
+    features = fid_features(samples, feature_extractor="digits")
+    reference = fid_features("digits", feature_extractor="digits")
+    expected = compute_metrics(samples, "digits", metrics=("fid",), feature_extractor="digits")["fid"]
+    assert features.shape == (len(samples), 128) and fid_of_features(features, reference) == expected
+
+
+def test_every_set_is_sampled_on_the_same_noise_and_labels(tmp_path, monkeypatch):
+    inputs = []
+    original = benchmark_quality.sample_dit
+
+    def recording_sample_dit(model, diffusion, labels, **kwargs):
+        if kwargs.get("noise") is not None:  # not the warm-up
+            inputs.append((kwargs["cache"] is None, kwargs["seed"], list(labels), kwargs["noise"].clone()))
+        return original(model, diffusion, labels, **kwargs)
+
+    monkeypatch.setattr(benchmark_quality, "sample_dit", recording_sample_dit)
+    run(tmp_path, monkeypatch, ["0", "2"], *SMALL)
+    full, other_seed, *cells = inputs
+    assert [(uncached, seed) for uncached, seed, _, _ in inputs] == [(True, 0), (True, 1), (False, 0), (False, 0)]
+    assert full[2] == [0, 1, 2, 3] and all(cell[2] == full[2] for cell in [other_seed, *cells])
+    assert all(torch.equal(cell[3], full[3]) for cell in cells) and not torch.equal(other_seed[3], full[3])
+
+
+def test_resamples_draw_within_each_label_and_are_shared_by_every_cell(tmp_path, monkeypatch):
+    yardstick = benchmark_quality.Yardstick.build(30)
+    labels = np.arange(30) % 10
+    # np.unique order: the 3 samples of label 0 first, then label 1's, ...: each resample keeps 3 per label.
+    assert (labels[yardstick.indices] == np.repeat(np.arange(10), 3)).all()
+    assert np.array_equal(yardstick.indices, benchmark_quality.Yardstick.build(30).indices)
+
+    summary, _ = run(tmp_path, monkeypatch, ["0", "2"], *SMALL)
+    cells = {c["key"]: c for c in map(json.loads, (tmp_path / "out" / "cells.jsonl").read_text().splitlines())}
+    full, fora, taylor = (np.array(cells[k]["bootstrap"]["fid"]) for k in ("full-seed0", "N3-O0", "N3-O2"))
+    summarised = {c["key"]: c for c in summary["cells"]}
+    assert summarised["N3-O2"]["delta_fid_ci"] == percentile(taylor - full)
+    assert summarised["N3-O2"]["delta_fid_vs_fora_ci"] == percentile(taylor - fora)
+    assert "delta_fid_vs_fora" not in summarised["N3-O0"]
+
+
+def percentile(replicates: np.ndarray) -> tuple[float, float]:
+    low, high = np.quantile(replicates, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def test_a_cell_equal_to_full_compute_has_intervals_of_exactly_zero(tmp_path, monkeypatch):
+    original = benchmark_quality.sample_set
+
+    def full_compute_everywhere(model, args, config, seed):
+        return original(model, args, benchmark_quality.FULL, seed)
+
+    monkeypatch.setattr(benchmark_quality, "sample_set", full_compute_everywhere)
+    summary, _ = run(tmp_path, monkeypatch, ["0", "2"], *SMALL)
+    for cell in summary["cells"]:
+        assert (cell["delta_fid"], cell["delta_agreement"], cell["rel_l2"]) == (0.0, 0.0, 0.0)
+        assert cell["delta_fid_ci"] == cell["delta_agreement_ci"] == cell["rel_l2_ci"] == (0.0, 0.0)
+    assert (
+        summary["cells"][1]["delta_fid_vs_fora_ci"] == (0.0, 0.0) and "rel_l2_ratio_to_fora" not in summary["cells"][1]
+    )
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| 0.0000 [0.0000, 0.0000] |" in table and "| +0.00 [+0.00, +0.00] |" in table and "**+" not in table
+    assert "| 3 | 2 | +0.00 [+0.00, +0.00] | – |" in table
+
+
+def test_an_interval_that_excludes_zero_is_bold():
+    assert benchmark_quality.with_interval(1.5, (0.2, 2.5), 2) == "**+1.50 [+0.20, +2.50]**"
+    assert benchmark_quality.with_interval(-0.5, (-1.0, 0.0), 2) == "-0.50 [-1.00, +0.00]"
+    assert benchmark_quality.with_interval(0.0123, (0.01, 0.02), 4, signed=False) == "0.0123 [0.0100, 0.0200]"
