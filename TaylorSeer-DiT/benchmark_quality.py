@@ -2,8 +2,9 @@
 
     python TaylorSeer-DiT/benchmark_quality.py                    # ~40 min on 2 CPU cores; resumes if stopped
 
-Every cell samples the same noise and labels as the full-compute run of seed 0 (DDIM 50, CFG; labels cycle 0..9, so
-every class gets the same number of samples) and reports the FLOPs speedup, the wall-clock speedup, the relative L2
+Every cell samples the same noise and labels as the full-compute run of seed 0 (DDIM 50, CFG; the noise of
+sample_ddp.py --global-seed 0, index by index, but labels that cycle 0..9 rather than its random ones, so that every
+class gets the same number of samples) and reports the FLOPs speedup, the wall-clock speedup, the relative L2
 error of the final samples against full compute, the FID against the real digits (in the feature space of the shipped
 digits classifier, see fidelity.py) and the class agreement judged by that classifier.
 
@@ -58,6 +59,7 @@ from taylorseer_dit.fidelity import MIN_IMAGES, fid_features, fid_of_features
 from taylorseer_dit.flops import reference_step_flops
 from taylorseer_dit.models import DiT
 from taylorseer_dit.pipeline import sample_dit
+from taylorseer_dit.sample_ddp import sample_inputs
 
 FULL = TaylorSeerConfig(interval=1)
 DIFFUSION_STEPS = 1000  # the training schedule that DDIM respaces: no more sampling steps than these
@@ -166,15 +168,23 @@ def check_results_dir(path: str | Path) -> Path:
 
 
 def sample_labels(num_samples: int) -> torch.Tensor:
-    """The labels of every set: 0..9 in turn, so each class gets the same count (the real digits are near-balanced,
-    178 +- 5 per class) and no set's FID moves with a random draw of class proportions."""
+    """The labels of every set: 0..9 in turn, so each class gets the same count. The real digits are near-balanced
+    (178 +- 5 per class), and FID in the classifier's features moves by several points with the class proportions of
+    1000 samples: sample_ddp.py's uniformly random labels (upstream DiT's protocol, meant for 50k samples) would make
+    each seed's FID a lottery of its label draw."""
     return torch.arange(num_samples) % NUM_CLASSES
+
+
+def sample_noise(num_samples: int, seed: int) -> torch.Tensor:
+    """The initial noise of ``sample_ddp.py --global-seed seed``, index by index (sample i's own generator draws its
+    label, unused here, then its noise): the two scripts differ in the labels only. DDIM (eta 0) draws nothing else."""
+    _, noise, _ = sample_inputs(range(num_samples), seed, NUM_CLASSES, (1, DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE))
+    return noise
 
 
 def sample_set(model: DiT, args, config: TaylorSeerConfig, seed: int) -> tuple[torch.Tensor, float]:
     """``num_samples`` samples of one noise seed, in batches; returns them and the sampling seconds."""
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(args.num_samples, 1, DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE, generator=generator)
+    noise = sample_noise(args.num_samples, seed)
     labels = sample_labels(args.num_samples)
     diffusion = create_diffusion(str(args.num_sampling_steps))
     cache = None if config.is_uncached else TaylorCache(config)

@@ -16,6 +16,7 @@ from taylorseer_dit import benchmark_quality
 from taylorseer_dit.fidelity import compute_metrics, digits_uint8, fid_features, fid_of_features
 from taylorseer_dit.flops import reference_step_flops
 from taylorseer_dit.models import DiT_models
+from taylorseer_dit.sample_ddp import sample_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 RESAMPLES = 40  # bootstrap resamples in these tests: the real run's 1000 would only cost time
@@ -256,6 +257,9 @@ def test_every_set_is_sampled_on_the_same_noise_and_labels(tmp_path, monkeypatch
     assert [(uncached, seed) for uncached, seed, _, _ in inputs] == [(True, 0), (True, 1), (False, 0), (False, 0)]
     assert full[2] == [0, 1, 2, 3] and all(cell[2] == full[2] for cell in [other_seed, *cells])
     assert all(torch.equal(cell[3], full[3]) for cell in cells) and not torch.equal(other_seed[3], full[3])
+    # The noise is sample_ddp.py's for --global-seed 0 and 1: only the labels differ between the two scripts.
+    for seed, (_, _, _, noise) in enumerate([full, other_seed]):
+        assert torch.equal(noise, sample_inputs(range(4), seed, 10, (1, 16, 16))[1])
 
 
 def test_resamples_draw_within_each_label_and_are_shared_by_every_cell(tmp_path, monkeypatch):
