@@ -1,16 +1,24 @@
-"""FLUX.1 (Black Forest Labs) rectified-flow transformer with TaylorSeer's cache calls inline.
+"""FLUX.1 (Black Forest Labs) rectified-flow transformer with the caching methods' calls inline.
 
 Parameter names equal the keys of BFL's checkpoints (``flux1-dev.safetensors``, ``flux1-schnell.safetensors``), so
 they load unchanged. With ``cache=None`` every forward is the plain FLUX transformer; with a
-:class:`~common.taylor_cache.TaylorCache`, the following module outputs (after their output projection, before the
-adaLN gate) are computed and recorded at full steps and forecast at the others, where the TaylorSeer reference caches
-them:
+:class:`~common.caching.CacheMethod` (TaylorSeer, FORA, Δ-DiT, ToCa, DuCa, TeaCache; see :mod:`common.methods`), the
+method decides, step by step, which of these module outputs (after their output projection, before the adaLN gate)
+are computed and which are forecast or reused, where the TaylorSeer reference caches them:
 
 * double-stream block ``i`` -> ``cache.layer(i)``, keys ``"img_attn"``, ``"img_mlp"``, ``"txt_attn"``, ``"txt_mlp"``.
-  The image and text attentions are ONE joint attention: at a full step it runs once and both projections are
-  recorded; at a forecast step neither the qkv projections, the attention nor the output projections run.
+  The image and text attentions are ONE joint attention: when it is computed, it runs once and both projections are
+  recorded; when it is not, neither the qkv projections, the attention nor the output projections run. The two MLPs
+  are token-wise (:func:`~common.caching.cached_tokens`): ToCa recomputes them on its fresh tokens only.
 * single-stream block ``j`` -> ``cache.layer(depth + j)`` (indices offset by the number of double blocks, so they
   never collide with the double blocks' keys), key ``"total"`` = ``linear2(cat(attn, gelu(mlp)))``.
+
+The whole stack (double blocks, then single blocks) is ONE :func:`~common.caching.run_blocks` call per forward, on
+the joint sequence ``[txt, img]`` (B, L_txt + L_img, D) from the first block to the last: each double block splits it
+into its two streams and joins its outputs again. One state type from end to end is what lets Δ-DiT bypass any block
+range (the reference's FLUX variant: the whole single-stream stack, ``cached_blocks = depth_single_blocks``),
+TeaCache add the stack's residual, and DuCa reuse the stack's output. TeaCache's signal is the first double block's
+modulated image input, ``img_mod1`` applied to ``img_norm1(img)``, as TeaCache4FLUX.
 
 The modulations (adaLN shifts, scales and gates) depend on the timestep and are recomputed at every step.
 
@@ -22,6 +30,7 @@ before the sinusoidal embedding; ``guidance`` is the raw guidance scale (e.g. 3.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from common.attention import attention
+from common.caching import CacheMethod, LayerCache, cached, cached_group, cached_tokens, run_blocks
 from common.checkpoint import (
     CheckpointError,
     find_diffusers_model_folder,
@@ -37,7 +47,6 @@ from common.checkpoint import (
     read_state_dict,
     require_path,
 )
-from common.taylor_cache import LayerCache, TaylorCache, cached, cached_group
 
 __all__ = [
     "FluxParams",
@@ -322,14 +331,24 @@ class DoubleStreamBlock(nn.Module):
 
         img_attn, txt_attn = cached_group(cache, ("img_attn", "txt_attn"), joint_attn)  # (B, L_img, D), (B, L_txt, D)
 
+        # The MLPs are token-wise: a method may run them on some tokens only (ToCa).
         img = img + img_mod[2] * img_attn
-        img_mlp = cached(cache, "img_mlp", lambda: self.img_mlp(modulate(self.img_norm2(img), img_mod[3], img_mod[4])))
+        img_mlp = cached_tokens(
+            cache, "img_mlp", lambda: modulate(self.img_norm2(img), img_mod[3], img_mod[4]), self.img_mlp
+        )
         img = img + img_mod[5] * img_mlp
 
         txt = txt + txt_mod[2] * txt_attn
-        txt_mlp = cached(cache, "txt_mlp", lambda: self.txt_mlp(modulate(self.txt_norm2(txt), txt_mod[3], txt_mod[4])))
+        txt_mlp = cached_tokens(
+            cache, "txt_mlp", lambda: modulate(self.txt_norm2(txt), txt_mod[3], txt_mod[4]), self.txt_mlp
+        )
         txt = txt + txt_mod[5] * txt_mlp
         return img, txt
+
+    def modulated_input(self, img: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        """The image stream's attention input, ``img_mod1`` applied to ``img_norm1(img)``: TeaCache's signal."""
+        shift, scale = self.img_mod(vec)[:2]
+        return modulate(self.img_norm1(img), shift, scale)
 
 
 class SingleStreamBlock(nn.Module):
@@ -362,6 +381,9 @@ class SingleStreamBlock(nn.Module):
         self, x: torch.Tensor, vec: torch.Tensor, pe: torch.Tensor, cache: LayerCache | None = None
     ) -> torch.Tensor:
         shift, scale, gate = self.modulation(vec)
+        # linear1 and linear2 fuse the attention with the MLP, so the block cannot run on a subset of tokens: it is one
+        # cached output, which ToCa reuses whole on its cached steps (the reference's partial single-stream ToCa, which
+        # re-slices linear1 per call, is not reproduced).
         total = cached(cache, "total", lambda: self.fused(modulate(self.pre_norm(x), shift, scale), pe))
         return x + gate * total
 
@@ -426,7 +448,7 @@ class Flux(nn.Module):
         timesteps: torch.Tensor,
         y: torch.Tensor,
         guidance: torch.Tensor | None = None,
-        cache: TaylorCache | None = None,
+        cache: CacheMethod | None = None,
     ) -> torch.Tensor:
         """img (B, L_img, in_channels) packed latents, img_ids (B, L_img, 3), txt (B, L_txt, context_in_dim),
         txt_ids (B, L_txt, 3), timesteps (B,) in [0, 1], y (B, vec_in_dim) pooled text vector, guidance (B,) raw
@@ -443,15 +465,38 @@ class Flux(nn.Module):
         txt = self.txt_in(txt)
 
         pe = self.pe_embedder(torch.cat((txt_ids, img_ids), dim=1))
-        for i, block in enumerate(self.double_blocks):
-            img, txt = block(img=img, txt=txt, vec=vec, pe=pe, cache=None if cache is None else cache.layer(i))
-
-        x = torch.cat((txt, img), dim=1)
-        for j, block in enumerate(self.single_blocks):
-            layer = None if cache is None else cache.layer(single_block_layer_index(self.params, j))
-            x = block(x, vec=vec, pe=pe, cache=layer)
-        img = x[:, txt.shape[1] :, ...]
+        txt_len = txt.shape[1]
+        blocks = self.block_stack(vec, pe, txt_len, cache)
+        signal = None if not self.double_blocks else lambda: self.double_blocks[0].modulated_input(img, vec)
+        x = run_blocks(cache, blocks, torch.cat((txt, img), dim=1), signal=signal)  # (B, L_txt + L_img, D)
+        img = x[:, txt_len:, ...]
         return self.final_layer(img, vec)  # (B, L_img, out_channels)
+
+    def block_stack(
+        self, vec: torch.Tensor, pe: torch.Tensor, txt_len: int, cache: CacheMethod | None
+    ) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """Every block as an ``x -> x`` callable on the joint sequence [txt, img] (B, txt_len + L_img, D): the double
+        blocks, then the single blocks, each handed its own view of the cache."""
+
+        def layer(index: int) -> LayerCache | None:
+            return None if cache is None else cache.layer(index)
+
+        def double(block: DoubleStreamBlock, index: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            def run(x: torch.Tensor) -> torch.Tensor:
+                # Contiguous streams, as the blocks had before the stack was joined: a strided input may take
+                # another matmul kernel (e.g. linear without the fused bias), which would change the rounding.
+                img, txt = x[:, txt_len:].contiguous(), x[:, :txt_len].contiguous()
+                img, txt = block(img=img, txt=txt, vec=vec, pe=pe, cache=layer(index))
+                return torch.cat((txt, img), dim=1)
+
+            return run
+
+        def single(block: SingleStreamBlock, index: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda x: block(x, vec=vec, pe=pe, cache=layer(index))
+
+        stack = [double(block, i) for i, block in enumerate(self.double_blocks)]
+        stack += [single(block, single_block_layer_index(self.params, j)) for j, block in enumerate(self.single_blocks)]
+        return stack
 
 
 def load_flux(path: str | Path, name: str | FluxParams = "flux-dev", dtype: torch.dtype | None = None) -> Flux:

@@ -1,15 +1,18 @@
-"""FLUX.1 text-to-image with TaylorSeer, callable from Python.
+"""FLUX.1 text-to-image with TaylorSeer or another caching method, callable from Python.
 
     pipe = FluxTextToImage.from_pretrained("flux-dev", "pretrained_models/FLUX.1-dev", device="cuda",
                                            dtype=torch.bfloat16)
     config = TaylorSeerConfig(interval=6, max_order=2, first_enhance=3, derivative_start_step=2)
     result = pipe(["a red fox in the snow"], seeds=[0], width=1024, height=1024, num_steps=50, config=config)
     result.images  # (1, 3, 1024, 1024) in [-1, 1]
+    toca = pipe(["a red fox in the snow"], seeds=[0], config=ToCaConfig(interval=5, first_enhance=3))
+    duca = pipe(["a red fox in the snow"], seeds=[0], method="duca", config=ToCaConfig(interval=5, first_enhance=3))
 
 One call runs BFL's ``flux.cli`` recipe on a batch: encode the prompts with T5 and CLIP, draw each image's noise
 from its own seed (``get_noise(1, H, W, dtype, seed, device)``, so the batch composition never changes which noise
 an image gets), pack, schedule (shifted by resolution for FLUX.1-dev, plain for schnell), denoise with the distilled
-guidance embedded and a fresh :class:`~common.taylor_cache.TaylorCache`, unpack and decode with the autoencoder.
+guidance embedded and a fresh cache of the method (:func:`common.methods.make_cache`), unpack and decode with the
+autoencoder.
 It computes what diffusers' ``FluxPipeline`` computes from the same weights and initial latents (tests/
 test_flux_pipeline.py checks this).
 
@@ -28,8 +31,13 @@ from pathlib import Path
 
 import torch
 
+from common.caching import CacheMethod
+from common.delta_dit import DeltaDiTConfig
+from common.methods import MethodConfig, make_cache
 from common.offload import on_device
-from common.taylor_cache import TaylorCache, TaylorSeerConfig
+from common.taylor_cache import TaylorSeerConfig
+from common.teacache import TeaCacheConfig
+from common.toca import ToCaConfig
 from taylorseer_flux.autoencoder import decode_latents
 from taylorseer_flux.model import FluxParams
 from taylorseer_flux.sampling import denoise, get_noise, get_schedule, image_ids, pack, text_ids, unpack
@@ -46,6 +54,28 @@ __all__ = ["FluxTextToImage", "FluxImages", "IMAGE_MULTIPLE"]
 
 IMAGE_MULTIPLE = 16
 """Image sides must be multiples of 16 pixels: 8x autoencoder downsampling, then 2x2 patches."""
+
+# The method a config's type means when none is named. DuCa shares ToCaConfig with ToCa, so it must be named.
+_CONFIG_METHODS = {TaylorSeerConfig: "taylorseer", DeltaDiTConfig: "delta-dit", ToCaConfig: "toca",
+                   TeaCacheConfig: "teacache"}  # fmt: skip
+_METHOD_CONFIGS = {"taylorseer": TaylorSeerConfig, "fora": TaylorSeerConfig, "delta-dit": DeltaDiTConfig,
+                   "toca": ToCaConfig, "duca": ToCaConfig, "teacache": TeaCacheConfig}  # fmt: skip
+
+
+def method_cache(method: str | None, config: MethodConfig) -> CacheMethod | None:
+    """A fresh cache of ``method`` with ``config`` (None: the method the config's type means; "duca" must be named),
+    or None for the plain model (no config, ``method="full"``, or TaylorSeer at interval 1). A method that does not
+    take the config is a ValueError, so a run is never labelled with another method than the one that ran."""
+    if config is None or method == "full":
+        return None
+    if type(config) not in _CONFIG_METHODS:
+        raise TypeError(f"config must be a caching method's config, got {type(config).__name__}")
+    method = _CONFIG_METHODS[type(config)] if method is None else method
+    if _METHOD_CONFIGS.get(method) is not type(config):
+        raise ValueError(f"method {method!r} does not take a {type(config).__name__}")
+    if method == "fora" and config.max_order != 0:
+        raise ValueError(f"FORA is TaylorSeer at max_order 0, got max_order {config.max_order}")
+    return make_cache(method, config)
 
 
 @dataclass
@@ -167,13 +197,16 @@ class FluxTextToImage:
         height: int = 1024,
         num_steps: int = 50,
         guidance: float = 3.5,
-        config: TaylorSeerConfig | None = None,
+        config: MethodConfig = None,
         progress: bool = False,
+        method: str | None = None,
     ) -> FluxImages:
-        """One image per (prompt, seed) pair. ``config=None`` runs the plain model; any config (``interval=1``
-        included) runs with a fresh TaylorCache. ``guidance`` is ignored by models without a guidance embedder."""
+        """One image per (prompt, seed) pair. ``config=None`` runs the plain model; a config runs with a fresh cache
+        of ``method`` (see :func:`method_cache`; TaylorSeer at interval 1 is the plain model). ``guidance`` is ignored
+        by models without a guidance embedder."""
         if len(prompts) != len(seeds) or not prompts:
             raise ValueError(f"need one seed per prompt, got {len(prompts)} prompts and {len(seeds)} seeds")
+        cache = method_cache(method, config)
         if width % IMAGE_MULTIPLE or height % IMAGE_MULTIPLE or width <= 0 or height <= 0:
             raise ValueError(f"width and height must be positive multiples of {IMAGE_MULTIPLE}, got {width}x{height}")
         if not math.isfinite(guidance):
@@ -188,7 +221,6 @@ class FluxTextToImage:
         img = pack(noise)  # (B, H/16 * W/16, 64)
         img_ids = image_ids(len(prompts), noise.shape[-2] // 2, noise.shape[-1] // 2, device=self.device)
         timesteps = get_schedule(num_steps, img.shape[1], shift=self.shift)
-        cache = None if config is None else TaylorCache(config)
         with self._placed(self.components.transformer) as transformer:
             img = denoise(transformer, img, img_ids, txt, txt_ids, vec, timesteps, guidance, cache, progress=progress)
         self._synchronize()

@@ -1,4 +1,4 @@
-"""FLUX.1 rectified-flow sampling (Black Forest Labs' ``flux.sampling``), with the TaylorSeer cache driven per step.
+"""FLUX.1 rectified-flow sampling (Black Forest Labs' ``flux.sampling``), with any caching method driven per step.
 
     img = get_noise(1, 1024, 1024, torch.bfloat16, seed=0, device="cuda")
     img_ids = image_ids(1, img.shape[-2] // 2, img.shape[-1] // 2)
@@ -24,7 +24,7 @@ import torch
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from common.taylor_cache import TaylorCache
+from common.caching import CacheMethod
 
 __all__ = [
     "LATENT_CHANNELS",
@@ -136,7 +136,7 @@ def denoise(
     vec: torch.Tensor,
     timesteps: Sequence[float],
     guidance: float = 3.5,
-    cache: TaylorCache | None = None,
+    cache: CacheMethod | None = None,
     on_step: Callable[[int, float], None] | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
@@ -144,8 +144,10 @@ def denoise(
 
     ``img`` (B, L, 64) packed noise, ``txt`` (B, L_txt, C) text embeddings, ``vec`` (B, D) pooled text vector.
     ``guidance`` is the distilled guidance scale, passed as a (B,) vector; models without a guidance embedder ignore it.
-    With a ``cache``, it is reset first and step ``i`` (0 .. len(timesteps) - 2) is announced with
-    ``cache.begin_step(i)`` right before the i-th model call; ``on_step(i, t_curr)`` is called before each step.
+    With a ``cache`` (any :class:`~common.caching.CacheMethod`), it is reset first with the run's step count (Δ-DiT
+    places its boundary by it, TeaCache always computes the last step) and step ``i`` (0 .. len(timesteps) - 2) is
+    announced with ``cache.begin_step(i)`` right before the i-th model call; ``on_step(i, t_curr)`` is called before
+    each step.
     """
     if len(timesteps) < 2:
         raise ValueError(f"need at least two timesteps (one step), got {len(timesteps)}")
@@ -153,9 +155,9 @@ def denoise(
     # Always passed: models without a guidance embedder (FLUX-schnell) ignore it, as BFL's Flux.forward does.
     guidance_vec = torch.full((batch,), guidance, device=img.device, dtype=img.dtype)
     extra = {} if cache is None else {"cache": cache}
-    if cache is not None:
-        cache.reset()
     pairs = list(zip(timesteps[:-1], timesteps[1:], strict=True))
+    if cache is not None:
+        cache.reset(len(pairs))
     for i, (t_curr, t_prev) in enumerate(tqdm(pairs, disable=not progress, desc="FLUX steps", leave=False)):
         if on_step is not None:
             on_step(i, t_curr)

@@ -14,7 +14,10 @@ from flux_testing import TINY_AE_CONFIG, TINY_DEV, save_tiny_flux_checkpoint, ti
 from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
 from common.checkpoint import CheckpointError
+from common.delta_dit import DeltaDiTConfig
 from common.taylor_cache import TaylorSeerConfig
+from common.teacache import TeaCacheConfig
+from common.toca import ToCaConfig
 from taylorseer_flux.autoencoder import (
     FLUX_AE_CONFIG,
     ae_config_from_bfl,
@@ -22,7 +25,7 @@ from taylorseer_flux.autoencoder import (
     diffusers_ae_to_bfl,
     load_autoencoder,
 )
-from taylorseer_flux.pipeline import FluxTextToImage
+from taylorseer_flux.pipeline import FluxTextToImage, method_cache
 from taylorseer_flux.sampling import get_noise, pack
 from taylorseer_flux.weights import (
     find_flux_weights,
@@ -131,6 +134,38 @@ def test_taylorseer_forecasts_differ_from_full_compute_but_stay_close(pipe) -> N
     assert (fast.num_full_steps, fast.num_forecast_steps) == (3, 2)  # steps 0, 1, 2 full; 3 and 4 forecast
     error = relative_error(fast.latents, full.latents)
     assert 1e-4 < error < 0.2
+
+
+@pytest.mark.parametrize(
+    ("method", "config", "steps"),
+    [
+        (None, ToCaConfig(interval=3), (2, 3)),
+        ("duca", ToCaConfig(interval=3), (2, 3)),
+        (None, DeltaDiTConfig(interval=3, cached_blocks=1), (2, 3)),
+        ("fora", TaylorSeerConfig(interval=3, max_order=0), (2, 3)),
+        (None, TeaCacheConfig(threshold=0), (5, 0)),
+    ],
+    ids=["toca", "duca", "delta-dit", "fora", "teacache-0"],
+)
+def test_every_method_runs_through_the_pipeline(method, config, steps, pipe) -> None:
+    """5 steps, full steps 0 and 3 for the scheduled methods; each stays close to full compute."""
+    full = pipe(PROMPTS[:1], SEEDS[:1], **SIZE, num_steps=5)
+    result = pipe(PROMPTS[:1], SEEDS[:1], **SIZE, num_steps=5, method=method, config=config)
+    assert (result.num_full_steps, result.num_forecast_steps) == steps
+    error = relative_error(result.latents, full.latents)
+    assert (error == 0) if steps[1] == 0 else (0 < error < 0.2)
+
+
+def test_a_method_is_never_run_under_another_name() -> None:
+    assert type(method_cache(None, ToCaConfig())).__name__ == "ToCaCache"
+    assert type(method_cache("duca", ToCaConfig())).__name__ == "DuCaCache"
+    assert method_cache("full", ToCaConfig()) is None and method_cache(None, TaylorSeerConfig(interval=1)) is None
+    with pytest.raises(ValueError, match="method 'duca' does not take a TaylorSeerConfig"):
+        method_cache("duca", TaylorSeerConfig(interval=3))
+    with pytest.raises(ValueError, match="FORA is TaylorSeer at max_order 0, got max_order 2"):
+        method_cache("fora", TaylorSeerConfig(interval=3, max_order=2))
+    with pytest.raises(TypeError, match="got dict"):
+        method_cache(None, {"interval": 3})
 
 
 def test_each_image_gets_its_own_noise_whatever_the_batch(pipe) -> None:

@@ -1,4 +1,4 @@
-"""FLUX sampling (schedule, packing, ids, Euler loop with the TaylorSeer cache) and FLOPs accounting.
+"""FLUX sampling (schedule, packing, ids, Euler loop with a caching method) and FLOPs accounting.
 
 The denoise tests use the tiny preset with random weights on CPU; the FLOPs tests build flux-dev on the meta device.
 """
@@ -12,8 +12,10 @@ import pytest
 import torch
 from flux_testing import tiny_flux
 
+from common.delta_dit import DeltaDiTCache, DeltaDiTConfig
 from common.flops import FlopsReport
 from common.taylor_cache import TaylorCache, TaylorSeerConfig, full_step_indices
+from common.teacache import TeaCache, TeaCacheConfig
 from taylorseer_flux.flops import flux_flops_report, flux_image_seq_len
 from taylorseer_flux.sampling import (
     denoise,
@@ -142,6 +144,18 @@ def test_denoise_with_forecasts(run_denoise) -> None:
     assert ((out - reference).norm() / reference.norm()).item() < 0.2
     # A second run with the same cache object is reset at the start and gives the same result.
     torch.testing.assert_close(run_denoise(cache), out, rtol=0, atol=0)
+
+
+def test_denoise_tells_the_cache_the_runs_step_count(run_denoise) -> None:
+    """Δ-DiT places its boundary by the step count (it refuses to run without one); TeaCache computes the last step
+    whatever its threshold, so a threshold no change reaches computes the first and the last step only."""
+    delta = DeltaDiTCache(DeltaDiTConfig(interval=3, cached_blocks=1, boundary=0.5))
+    out = run_denoise(delta)
+    assert delta.num_steps == STEPS and torch.isfinite(out).all()
+    assert (delta.num_full_steps, delta.num_forecast_steps) == (3, 4)  # full steps 0, 3, 6
+    teacache = TeaCache(TeaCacheConfig(threshold=1e9))
+    run_denoise(teacache)
+    assert (teacache.num_steps, teacache.num_full_steps, teacache.num_forecast_steps) == (STEPS, 2, STEPS - 2)
 
 
 def test_denoise_on_step(run_denoise) -> None:
