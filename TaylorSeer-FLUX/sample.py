@@ -1,4 +1,4 @@
-"""Generate images from text prompts with FLUX.1 and TaylorSeer feature forecasting.
+"""Generate images from text prompts with FLUX.1 and TaylorSeer feature forecasting, or another caching method.
 
     python TaylorSeer-FLUX/sample.py --prompt "a red fox in the snow" --ckpt-dir pretrained_models/FLUX.1-dev
     python TaylorSeer-FLUX/sample.py --prompt-file prompts.txt --num-images-per-prompt 4 --output-dir samples/flux
@@ -6,11 +6,14 @@
     python TaylorSeer-FLUX/sample.py --model-name flux-schnell --ckpt-dir pretrained_models/FLUX.1-schnell
     python TaylorSeer-FLUX/sample.py --interval 1 --output-dir samples/flux-full      # the uncached model
     python TaylorSeer-FLUX/sample.py --test-FLOPs --interval 6                         # needs no weights
+    python TaylorSeer-FLUX/sample.py --method toca --interval 5 --output-dir samples/flux-toca-n5
+    python TaylorSeer-FLUX/sample.py --method teacache --teacache-thresh 0.6 --output-dir samples/flux-teacache
 
 Image k (k = prompt_index * num_images_per_prompt + j) is drawn from its own seed, --seed + k, so it does not depend
 on the batch size or the number of processes. Each image is written atomically as {output-dir}/{k:05d}.png as soon
 as its batch is done; {output-dir}/metadata.jsonl records its settings just before (prompt, seed, size, steps,
-guidance, TaylorSeer config, and the weights by content: ``weights_id``) and its SHA-256 just after.
+guidance, the caching method and its settings under ``method``, and the weights by content: ``weights_id``) and its
+SHA-256 just after. Folders written before ``--method`` existed (a ``taylorseer`` key) are read as TaylorSeer's.
 Rerunning the same command skips the indices whose PNG exists and is intact; a rerun whose settings or weights
 differ from the recorded ones for an existing PNG, or that finds a PNG with no record, is refused. A PNG whose
 content no longer matches its checksum (truncated, replaced), or that does not decode at the run's size, is renamed
@@ -21,14 +24,20 @@ processes (gloo on CPU, NCCL on CUDA), each writing its own files.
 Weights: see taylorseer_flux/weights.py (a local black-forest-labs/FLUX.1-dev folder, or FLUX_DEV / FLUX_SCHNELL /
 AE / FLUX_T5 / FLUX_CLIP); nothing is ever downloaded. The TaylorSeer defaults are the paper's FLUX setting
 (N=6, O=2, E=3) with the reference's discarded step-0 feature (--derivative-start-step 2); --interval 1 runs the
-plain model.
+plain model, as --method full does.
+
+Methods (--method, see common/methods.py): --interval and --first-enhance are every method's schedule. Δ-DiT defaults
+to the reference's FLUX variant: the whole single-stream stack bypassed by its residual at every cached step
+(--cached-blocks = the transformer's single-stream blocks, --delta-boundary 1). TeaCache uses the published FLUX
+coefficients. --test-FLOPs counts each step of the method's schedule on the meta device; TeaCache's steps depend on
+the run, so a real TeaCache run prints its FLOPs at the end, from the steps it computed and skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +59,12 @@ from common.cli import (
     run_cli,
     taylorseer_config_from_args,
 )
+from common.delta_dit import DeltaDiTConfig
 from common.distributed import Distributed, setup_distributed
 from common.images import save_grid, to_uint8
 from common.integrity import check_finite, verify_png
 from common.io import atomic_write, remove_stale_temps
+from common.methods import MethodConfig, add_method_args, describe, make_cache, method_config_from_args, method_record
 from common.run_records import (
     RECORDS_FILE,
     append_records,
@@ -64,8 +75,8 @@ from common.run_records import (
     record_written,
     set_aside_damaged,
 )
-from common.taylor_cache import TaylorSeerConfig, full_step_indices
-from taylorseer_flux.flops import flux_flops_report
+from common.teacache import TeaCacheConfig
+from taylorseer_flux.flops import method_flops_report, plain_step_flops, teacache_flops, teacache_step_flops
 from taylorseer_flux.model import FLUX_PRESETS, FluxParams
 from taylorseer_flux.pipeline import IMAGE_MULTIPLE, FluxImages, FluxTextToImage
 from taylorseer_flux.text_encoders import T5_MAX_LENGTH
@@ -159,9 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--test-FLOPs",
         action="store_true",
-        help="print baseline and TaylorSeer FLOPs for these settings and exit (needs no weights)",
+        help="print the FLOPs of full compute and of --method for these settings and exit (needs no weights)",
     )
     add_taylorseer_args(parser, interval=6, max_order=2, first_enhance=3, derivative_start_step=2)
+    add_method_args(parser, method="taylorseer", teacache_coefficients="flux")
+    # The reference's FLUX Δ-DiT: the whole single-stream stack, at every cached step; its size comes from the model.
+    parser.set_defaults(cached_blocks=None, delta_boundary=1.0)
+    parser._option_string_actions["--cached-blocks"].help += "; None = the transformer's single-stream blocks"
     return parser
 
 
@@ -187,16 +202,24 @@ def nearest_multiples(value: int, multiple: int = IMAGE_MULTIPLE) -> str:
     return f"{below}" if below == above else f"{below} or {above}"
 
 
-def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TaylorSeerConfig:
-    """Fill the model's defaults into unset flags, read the prompts, exit through ``parser.error`` on a bad flag.
-    Ranges and finiteness of single flags are argparse's (``type=``); this checks what depends on several."""
-    config = taylorseer_config_from_args(args, parser)
+def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> MethodConfig:
+    """Fill the model's defaults into unset flags, read the prompts, exit through ``parser.error`` on a bad flag;
+    returns the config of ``args.method`` (None for full compute). Ranges and finiteness of single flags are
+    argparse's (``type=``); this checks what depends on several."""
+    # The TaylorSeer flags hold every method's schedule (--interval, --first-enhance): always checked.
+    taylorseer = taylorseer_config_from_args(args, parser)
     spec = FLUX_MODELS[args.model_name]
     if args.num_steps is None:
         args.num_steps = spec.num_steps
     if args.max_sequence_length is None:
         args.max_sequence_length = spec.max_sequence_length
-    check_schedule_flags(config, args.num_steps, parser)
+    # Unset: the whole single-stream stack of the published model, made the checkpoint's own once it is read.
+    args.whole_single_stack = args.cached_blocks is None
+    if args.whole_single_stack:
+        args.cached_blocks = FLUX_PRESETS[spec.preset].depth_single_blocks
+    config = method_config_from_args(args, parser)
+    if args.method == "taylorseer":
+        check_schedule_flags(taylorseer, args.num_steps, parser)
     for name in ("width", "height"):
         value = getattr(args, name)
         if value <= 0 or value % IMAGE_MULTIPLE:
@@ -212,6 +235,33 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Tay
         except UsageError as err:
             parser.error(str(err))
     return config
+
+
+def fit_to_model(args: argparse.Namespace, config: MethodConfig, params: FluxParams) -> MethodConfig:
+    """``config`` for the transformer ``params``: Δ-DiT's default range becomes its single-stream stack, and a range
+    longer than its stack is a :class:`UsageError` naming the largest value."""
+    if not isinstance(config, DeltaDiTConfig):
+        return config
+    if args.whole_single_stack:
+        config = replace(config, cached_blocks=params.depth_single_blocks)
+        args.cached_blocks = config.cached_blocks
+    depth = params.depth + params.depth_single_blocks
+    if config.cached_blocks > depth:
+        raise UsageError(
+            f"--cached-blocks {config.cached_blocks} exceeds the {depth} blocks of this transformer ({params.depth} "
+            f"double + {params.depth_single_blocks} single): use --cached-blocks <= {depth} (its single-stream "
+            f"stack: {params.depth_single_blocks})"
+        )
+    return config
+
+
+def is_plain(method: str, config: MethodConfig) -> bool:
+    """Whether the run is the plain model: --method full, or TaylorSeer computing every step (--interval 1)."""
+    return make_cache(method, config) is None
+
+
+def method_label(method: str, config: MethodConfig) -> str:
+    return "full compute" if is_plain(method, config) else describe(method, config)
 
 
 def _check_last_seed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -261,35 +311,80 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def print_flops(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
-    """FLOPs of one image under these settings, counted on the meta device (no weights, no memory)."""
+def print_flops(args: argparse.Namespace, config: MethodConfig) -> dict:
+    """FLOPs of one image under these settings, counted on the meta device (no weights, no memory): every step of
+    the method's schedule; for TeaCache, whose steps depend on the run, the cost of a computed and a skipped step."""
     spec = FLUX_MODELS[args.model_name]
-    check_image_size(args.width, args.height, FLUX_PRESETS[spec.preset])
-    report = flux_flops_report(
-        spec.preset, args.width, args.height, args.max_sequence_length, args.num_steps, config, batch=1
+    params = FLUX_PRESETS[spec.preset]
+    check_image_size(args.width, args.height, params)
+    config = fit_to_model(args, config, params)
+    size = (args.width, args.height, args.max_sequence_length)
+    label = method_label(args.method, config)
+    extra = {"model": args.model_name, "width": args.width, "height": args.height,
+             "text_len": args.max_sequence_length, "num_steps": args.num_steps}  # fmt: skip
+    warm_up = (
+        "" if is_plain(args.method, config) or not hasattr(config, "first_enhance") else f" E={config.first_enhance}"
     )
     print(
         f"{args.model_name}, {args.width}x{args.height}, {args.max_sequence_length} text tokens, {args.num_steps} "
-        f"steps, N={config.interval} O={config.max_order} E={config.first_enhance}; per image, convention "
-        f"'{report.convention}' (every matmul of the transformer as 2 x MACs)"
+        f"steps, {label}{warm_up}; per image, convention 'matmul' (every matmul of the transformer as 2 x MACs)"
     )
+    if isinstance(config, TeaCacheConfig):
+        return print_teacache_step_flops(spec.preset, size, label, extra)
+    report = method_flops_report(spec.preset, *size, args.num_steps, args.method, config, batch=1)
+    costs = " + ".join(f"{count} x {value / 1e12:.4f}" for value, count in report.step_costs().items())
     print(f"  full step:      {report.full_step_flops / 1e12:12.4f} TFLOPs")
-    print(f"  forecast step:  {report.forecast_step_flops / 1e12:12.4f} TFLOPs")
+    print(f"  steps:          {costs} TFLOPs")
     print(f"  baseline:       {report.baseline_flops / 1e12:12.4f} TFLOPs ({args.num_steps} full steps)")
     print(
-        f"  TaylorSeer:     {report.flops / 1e12:12.4f} TFLOPs ({report.num_full_steps} full + "
-        f"{report.num_forecast_steps} forecast steps)"
+        f"  {label}: {report.flops / 1e12:.4f} TFLOPs ({report.num_full_steps} full + {report.num_cached_steps} "
+        f"{cached_steps_word(args.method)} steps)"
     )
     print(f"  speedup:        {report.speedup:12.3f}x")
-    extra = {
-        "model": args.model_name,
-        "width": args.width,
-        "height": args.height,
-        "text_len": args.max_sequence_length,
-        "num_steps": args.num_steps,
-    }
     print(report.json_line(**extra))
     return {**report.as_dict(), **extra}
+
+
+def print_teacache_step_flops(preset: str, size: tuple[int, int, int], label: str, extra: dict) -> dict:
+    """TeaCache's --test-FLOPs: its step costs, and why its total is only known from a run."""
+    full = plain_step_flops(preset, *size)
+    computed, skipped = teacache_step_flops(preset, *size)
+    print(f"  full step:      {full / 1e12:12.4f} TFLOPs")
+    print(f"  computed step:  {computed / 1e12:12.4f} TFLOPs (a full step and the signal)")
+    print(f"  skipped step:   {skipped / 1e12:12.4f} TFLOPs (embeddings, the signal and the final layer)")
+    print(
+        f"  {label}: its FLOPs depend on the run (which steps it skips); a real run counts them at the end, "
+        "computed steps x the computed step + skipped steps x the skipped step"
+    )
+    record = {
+        "convention": "matmul",
+        "method": "teacache",
+        "label": label,
+        "tflops": None,
+        "speedup": None,
+        "full_step_tflops": full / 1e12,
+        "computed_step_tflops": computed / 1e12,
+        "skipped_step_tflops": skipped / 1e12,
+        **extra,
+    }
+    print(json.dumps(record))
+    return record
+
+
+def cached_steps_word(method: str) -> str:
+    """What a method's non-full steps are called in the summaries."""
+    return {"taylorseer": "forecast", "fora": "reused", "teacache": "skipped"}.get(method, "cached")
+
+
+def planned_full_steps(method: str, config: MethodConfig, num_steps: int) -> int | None:
+    """Full steps of a ``num_steps``-step run, from the method's schedule; None for TeaCache (decided by the run)."""
+    cache = make_cache(method, config)
+    if cache is None:
+        return num_steps
+    if isinstance(config, TeaCacheConfig):
+        return None
+    cache.reset(num_steps)
+    return sum(cache.plan_step(step) for step in range(num_steps))
 
 
 @dataclass(frozen=True)
@@ -322,10 +417,9 @@ def image_record(job: ImageJob, settings: dict) -> dict:
 
 
 def run_settings(
-    args: argparse.Namespace, config: TaylorSeerConfig, params: FluxParams, dtype: torch.dtype, device: torch.device
+    args: argparse.Namespace, config: MethodConfig, params: FluxParams, dtype: torch.dtype, device: torch.device
 ) -> dict:
     """The settings shared by every image of the run."""
-    taylorseer = None if config.is_uncached else {**asdict(config), "factor_dtype": args.factor_dtype}
     return {
         "model_name": args.model_name,
         "width": args.width,
@@ -336,13 +430,30 @@ def run_settings(
         "dtype": str(dtype).removeprefix("torch."),
         # The noise generator lives on the device, so CPU and CUDA runs draw different noise from the same seed.
         "noise_device": device.type,
-        "taylorseer": taylorseer,
+        # The plain model is one setting however it is asked for (--method full, or TaylorSeer at --interval 1).
+        "method": None if is_plain(args.method, config) else method_record(args.method, config),
     }
 
 
 def read_metadata(folder: Path) -> dict[str, dict]:
-    """File name -> record of ``folder``'s metadata.jsonl; a corrupt line is a :class:`UsageError` naming it."""
-    return read_records(folder / METADATA, REQUIRED_FIELDS)
+    """File name -> record of ``folder``'s metadata.jsonl (in today's form, see :func:`upgrade_record`); a corrupt
+    line is a :class:`UsageError` naming it."""
+    return {name: upgrade_record(record) for name, record in read_records(folder / METADATA, REQUIRED_FIELDS).items()}
+
+
+def upgrade_record(record: dict) -> dict:
+    """A record written before --method existed, whose ``taylorseer`` key held the TaylorSeer settings (None: the
+    plain model, factor dtype "auto" for the features' own), as today's ``method`` record of the same run, so that
+    such a folder resumes instead of being refused as made with other settings."""
+    if "taylorseer" not in record or "method" in record:
+        return record
+    upgraded = {key: value for key, value in record.items() if key != "taylorseer"}
+    taylorseer = record["taylorseer"]
+    if isinstance(taylorseer, dict):
+        factor_dtype = None if taylorseer.get("factor_dtype") == "auto" else taylorseer.get("factor_dtype")
+        taylorseer = {"method": "taylorseer", **taylorseer, "factor_dtype": factor_dtype}
+    upgraded["method"] = taylorseer
+    return upgraded
 
 
 def damaged_pngs(folder: Path, existing: dict[str, dict], planned: dict[str, dict], size: tuple[int, int]) -> dict:
@@ -392,22 +503,26 @@ class RankStats:
     written: int = 0
     seconds: float = 0.0
     denoise_seconds: float = 0.0
+    image_full_steps: int = 0
+    """Full (for TeaCache: computed) steps of the batches, each counted once per image of its batch."""
     files: list[str] = field(default_factory=list)
 
     def add(self, result: FluxImages, files: list[str]) -> None:
         self.written += len(files)
         self.seconds += result.seconds
         self.denoise_seconds += result.denoise_seconds
+        self.image_full_steps += len(files) * result.num_full_steps
         self.files += files
 
 
-def generate(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distributed) -> dict:
+def generate(args: argparse.Namespace, config: MethodConfig, setup: Distributed) -> dict:
     """Check everything cheap first (output folder, weights present, sizes, the records of existing PNGs), then load
     and sample this rank's share."""
     folder = check_output_folder(args.output_dir, "--output-dir")
     weights = find_flux_weights(args.model_name, args.ckpt_dir)
     params = transformer_params(weights.transformer, args.model_name)
     check_image_size(args.width, args.height, params)
+    config = fit_to_model(args, config, params)
     dtype = resolve_dtype(args.dtype, setup.device)
 
     settings = run_settings(args, config, params, dtype, setup.device)
@@ -441,7 +556,7 @@ def generate(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distribu
             max_sequence_length=args.max_sequence_length,
         )
         writer = ImageWriter(folder, existing, planned)
-        sample_batches(pipe, mine, args, None if config.is_uncached else config, writer, stats, setup.rank == 0)
+        sample_batches(pipe, mine, args, config, writer, stats, setup.rank == 0)
     setup.barrier()
     all_stats = [stats]
     if setup.initialized:
@@ -449,14 +564,14 @@ def generate(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distribu
         dist.all_gather_object(all_stats, stats)
     if setup.rank != 0:
         return asdict(stats)
-    return report(args, config, folder, all_stats, len(jobs) - len(pending), setup.world_size)
+    return report(args, config, params, folder, all_stats, len(jobs) - len(pending), setup.world_size)
 
 
 def sample_batches(
     pipe: FluxTextToImage,
     batches: list[list[ImageJob]],
     args: argparse.Namespace,
-    config: TaylorSeerConfig | None,
+    config: MethodConfig,
     writer: ImageWriter,
     stats: RankStats,
     show_progress: bool,
@@ -472,6 +587,7 @@ def sample_batches(
                 num_steps=args.num_steps,
                 guidance=args.guidance,
                 config=config,
+                method=args.method,
                 progress=show_progress,
             )
             check_batch_finite(result, batch)
@@ -498,27 +614,34 @@ def save_overview(folder: Path) -> Path | None:
 
 def report(
     args: argparse.Namespace,
-    config: TaylorSeerConfig,
+    config: MethodConfig,
+    params: FluxParams,
     folder: Path,
     all_stats: list[RankStats],
     skipped: int,
     world_size: int,
 ) -> dict:
-    """Rank 0's summary of the whole run: images, wall time per image, TaylorSeer's step counts."""
+    """Rank 0's summary of the whole run: images, wall time per image, the method and its step counts (for TeaCache
+    the average over this run's images, and the FLOPs they cost)."""
     written = sum(s.written for s in all_stats)
     seconds = sum(s.seconds for s in all_stats)
     denoise_seconds = sum(s.denoise_seconds for s in all_stats)
-    full = len(full_step_indices(args.num_steps, config))
+    label = method_label(args.method, config)
+    full = planned_full_steps(args.method, config, args.num_steps)
+    if full is None:  # TeaCache: what the batches of this run computed
+        full = sum(s.image_full_steps for s in all_stats) / written if written else None
     summary = {
         "output_dir": str(folder),
         "metadata": str(folder / METADATA),
         "written": written,
         "skipped": skipped,
         "world_size": world_size,
+        "method": "full" if is_plain(args.method, config) else args.method,
+        "label": label,
         "seconds_per_image": seconds / written if written else None,
         "denoise_seconds_per_image": denoise_seconds / written if written else None,
         "full_steps": full,
-        "forecast_steps": args.num_steps - full,
+        "forecast_steps": None if full is None else args.num_steps - full,
         "files": sorted(f for s in all_stats for f in s.files),
     }
     print(
@@ -529,8 +652,11 @@ def report(
             f"wall time per image: {summary['seconds_per_image']:.3f} s (sampling loop "
             f"{summary['denoise_seconds_per_image']:.3f} s; text encoding and decoding included in the total)"
         )
-    method = "plain model" if config.is_uncached else f"TaylorSeer N={config.interval} O={config.max_order}"
-    print(f"{method}: {full} full + {args.num_steps - full} forecast steps of {args.num_steps}")
+    word = "forecast" if is_plain(args.method, config) else cached_steps_word(args.method)
+    if isinstance(config, TeaCacheConfig):
+        summary.update(report_teacache(args, params, summary, word))
+    else:
+        print(f"{label}: {full:g} full + {args.num_steps - full:g} {word} steps of {args.num_steps}")
     overview = save_overview(folder)
     summary["overview"] = None if overview is None else str(overview)
     if overview is not None:
@@ -539,7 +665,27 @@ def report(
     return summary
 
 
-def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
+def report_teacache(args: argparse.Namespace, params: FluxParams, summary: dict, word: str) -> dict:
+    """TeaCache's steps and FLOPs per image, counted from the steps this run's batches computed and skipped (each
+    batch decides for all its images), with each kind of step counted once on the meta device."""
+    if summary["full_steps"] is None:
+        print(f"{summary['label']}: no image made in this run, so no step of it to count")
+        return {"tflops": None, "full_tflops": None, "speedup": None}
+    full, skipped = summary["full_steps"], summary["forecast_steps"]
+    size = (args.width, args.height, args.max_sequence_length)
+    step_flops = teacache_step_flops(params, *size)
+    baseline = args.num_steps * plain_step_flops(params, *size)
+    flops = teacache_flops(full, skipped, step_flops)
+    print(
+        f"{summary['label']}: {full:g} computed + {skipped:g} {word} steps of {args.num_steps} per image (average "
+        f"over this run's images); FLOPs per image {flops / 1e12:.4f} TFLOPs against {baseline / 1e12:.4f} for full "
+        f"compute ({baseline / flops:.3f}x), counted as computed x {step_flops[0] / 1e12:.4f} + {word} x "
+        f"{step_flops[1] / 1e12:.4f} TFLOPs"
+    )
+    return {"tflops": flops / 1e12, "full_tflops": baseline / 1e12, "speedup": baseline / flops}
+
+
+def main(args: argparse.Namespace, config: MethodConfig) -> dict:
     """Generate (on this process: one rank of a torchrun job, or alone) or count FLOPs; returns the summary."""
     if args.test_FLOPs:
         return print_flops(args, config)

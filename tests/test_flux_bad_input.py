@@ -99,6 +99,21 @@ SAMPLE_BAD_INPUTS = [
     (["--derivative-start-step", "3"], "would run as plain reuse (FORA): use a --derivative-start-step <= 2"),
     (["--derivative-start-step", "-1"], "invalid TaylorSeer setting: derivative_start_step must be >= 0"),
     (["--factor-dtype", "int8"], "argument --factor-dtype: invalid choice: 'int8'"),
+    (["--method", "pab"], "argument --method: invalid choice: 'pab'"),
+    (["--method", "delta-dit", "--cached-blocks", "0"], "argument --cached-blocks: expected an integer >= 1, got 0"),
+    # The tiny checkpoint has 1 double + 1 single block; refused once its config is read, before any weight is loaded.
+    (["--method", "delta-dit", "--cached-blocks", "3"],
+     "--cached-blocks 3 exceeds the 2 blocks of this transformer (1 double + 1 single): use --cached-blocks <= 2"),
+    (["--test-FLOPs", "--width", "256", "--height", "256", "--method", "delta-dit", "--cached-blocks", "58"],
+     "--cached-blocks 58 exceeds the 57 blocks of this transformer (19 double + 38 single)"),
+    (["--delta-boundary", "1.5"], "argument --delta-boundary: expected a finite number >= 0 and <= 1, got 1.5"),
+    (["--fresh-ratio", "nan"], "argument --fresh-ratio: expected a finite number >= 0 and <= 1, got 'nan'"),
+    (["--fresh-ratio", "-0.1"], "argument --fresh-ratio: expected a finite number >= 0 and <= 1, got -0.1"),
+    (["--toca-score", "attention"], "argument --toca-score: invalid choice: 'attention'"),
+    (["--layer-schedule=yes"], "argument --layer-schedule/--no-layer-schedule: ignored explicit argument 'yes'"),
+    (["--teacache-thresh", "-0.1"], "argument --teacache-thresh: expected a finite number >= 0, got -0.1"),
+    (["--teacache-thresh", "inf"], "argument --teacache-thresh: expected a finite number >= 0, got 'inf'"),
+    (["--teacache-coefficients", "sdxl"], "argument --teacache-coefficients: "),
 ]  # fmt: skip
 
 

@@ -1,6 +1,8 @@
 """TaylorSeer-FLUX/sample.py end to end on a tiny checkpoint folder: PNGs and metadata, seeds, batching, resume
-(after a kill, with damaged PNGs, with other weights), torchrun, the paper's FLOPs figures, and one readable message
-(exit code 2) for a non-finite output and bad output folders. The table of bad flags is tests/test_flux_bad_input.py."""
+(after a kill, with damaged PNGs, with other weights, from records written before --method), torchrun, the other
+caching methods (records, summaries, FLOPs counted per step or, for TeaCache, from a run), the paper's FLOPs figures,
+and one readable message (exit code 2) for a non-finite output and bad output folders. The table of bad flags is
+tests/test_flux_bad_input.py."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,9 @@ from safetensors.torch import load_file, save_file
 from common.integrity import file_sha256
 from common.run_records import read_records
 from taylorseer_flux import sample
-from taylorseer_flux.sample import METADATA, cli
+from taylorseer_flux.flops import plain_step_flops, teacache_flops, teacache_step_flops
+from taylorseer_flux.model import FLUX_PRESETS
+from taylorseer_flux.sample import METADATA, cli, upgrade_record
 from taylorseer_flux.weights import find_flux_weights, flux_weights_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,14 +107,15 @@ def test_run_writes_one_png_per_index_and_their_settings(first_run, checkpoint) 
         assert record["file"] == names[k] and record["seed"] == SEED + k
         assert (record["prompt_index"], record["image_in_prompt"], record["prompt"]) == (k // 2, k % 2, prompts[k // 2])
         assert (record["width"], record["height"], record["num_steps"], record["guidance"]) == (48, 32, 4, 3.5)
-        assert record["taylorseer"] == {"interval": 6, "max_order": 2, "first_enhance": 3, "derivative_start_step": 2,
-                                        "factor_dtype": "auto"}  # fmt: skip
+        assert record["method"] == {"method": "taylorseer", "interval": 6, "max_order": 2, "first_enhance": 3,
+                                    "derivative_start_step": 2, "factor_dtype": None}  # fmt: skip
         assert (record["model_name"], record["dtype"], record["noise_device"]) == ("flux-dev", "float32", "cpu")
         assert re.fullmatch("[0-9a-f]{16}", record["weights_id"]) and record["weights_id"] == records[0]["weights_id"]
         assert record["weights"]["transformer"] == str(checkpoint / "transformer")
 
     assert (summary["written"], summary["skipped"], summary["full_steps"], summary["forecast_steps"]) == (4, 0, 3, 1)
-    assert "wall time per image:" in stdout and "3 full + 1 forecast steps" in stdout
+    assert (summary["method"], summary["label"]) == ("taylorseer", "TaylorSeer N=6 O=2")
+    assert "wall time per image:" in stdout and "TaylorSeer N=6 O=2: 3 full + 1 forecast steps of 4" in stdout
     assert last_json_line(stdout)["seconds_per_image"] > 0
     # The overview: the 4 images of 48x32 side by side (torchvision's 2-pixel padding), outside the paired PNGs.
     assert summary["overview"] == str(folder / "overview" / "grid.png")
@@ -200,22 +206,31 @@ def test_schnell_defaults_and_components_from_environment_variables(checkpoint, 
                    "--device", "cpu", "--output-dir", str(output), "--interval", "1"])  # fmt: skip
     record = read_records(output / METADATA)["00000.png"]
     assert (record["num_steps"], record["max_sequence_length"], record["guidance"]) == (4, 256, None)
-    assert record["taylorseer"] is None and record["weights"]["autoencoder"].endswith("ae.safetensors")
+    assert record["method"] is None and record["weights"]["autoencoder"].endswith("ae.safetensors")
+    assert (summary["method"], summary["label"]) == ("full", "full compute")
     assert (summary["written"], summary["full_steps"], summary["forecast_steps"]) == (1, 4, 0)
 
 
-@pytest.mark.parametrize(("interval", "speedup", "full_steps"), [(6, 4.99, 10), (5, 4.16, 12), (4, 3.57, 14)])
-def test_flops_reproduce_the_paper(interval, speedup, full_steps, capsys) -> None:
-    """flux-dev at 1024x1024, 512 text tokens, 50 steps (the defaults); no weights needed."""
-    cli(["--test-FLOPs", "--interval", str(interval), "--ckpt-dir", "/nonexistent"])
+def test_flops_reproduce_the_paper(capsys) -> None:
+    """flux-dev at 1024x1024, 512 text tokens, 50 steps, TaylorSeer N=6 O=2 E=3 (the defaults): the paper's 4.99x;
+    every step counted on the meta device, no weights needed."""
+    cli(["--test-FLOPs", "--ckpt-dir", "/nonexistent"])
     out = capsys.readouterr().out
     report = last_json_line(out)
-    assert report["speedup"] == pytest.approx(speedup, abs=0.01)
-    assert (report["full_steps"], report["forecast_steps"]) == (full_steps, 50 - full_steps)
+    assert report["speedup"] == pytest.approx(4.99, abs=0.01)
+    assert (report["full_steps"], report["forecast_steps"]) == (10, 40)
+    assert (report["method"], report["label"]) == ("taylorseer", "TaylorSeer N=6 O=2")
     assert (report["width"], report["height"], report["text_len"], report["num_steps"]) == (1024, 1024, 512, 50)
     assert report["full_step_tflops"] == pytest.approx(74.4, abs=0.1)  # reference-semantics §3.4
     assert report["full_tflops"] == pytest.approx(50 * report["full_step_tflops"])
-    for label in ("full step:", "forecast step:", "baseline:", "TaylorSeer:", "speedup:"):
+    # Steps 0, 1, 2 (warm-up) and every 6th after are full; the others cost the embeddings and modulations only.
+    full = [step < 3 or (step - 2) % 6 == 0 for step in range(50)]
+    forecast = min(report["step_tflops"])
+    assert forecast < 1e-3 * report["full_step_tflops"]
+    assert report["step_tflops"] == [report["full_step_tflops"] if f else forecast for f in full]
+    assert "TaylorSeer N=6 O=2 E=3;" in out and "10 x 74.3847 + 40 x 0.0227 TFLOPs" in out
+    for label in ("full step:", "baseline:", "TaylorSeer N=6 O=2: 744.7531 TFLOPs (10 full + 40 forecast steps)",
+                  "speedup:               4.994x"):  # fmt: skip
         assert label in out
 
 
@@ -413,3 +428,155 @@ def test_non_finite_output_saves_nothing_and_names_the_suspects(checkpoint, tmp_
     assert line.startswith("error: The final latents of 00000.png holds")
     assert "nothing was saved from it. Check --guidance, --dtype" in line and "--ckpt-dir" in line
     assert not output.exists()
+
+
+# ---------------------------------------------------------------------------------------------- other methods
+
+TOCA = ("--method", "toca", "--interval", "2", "--first-enhance", "1")
+
+
+@pytest.fixture(scope="module")
+def toca_run(checkpoint, prompt_file, tmp_path_factory) -> tuple[Path, dict, str]:
+    """The command of ``first_run`` with ToCa N=2 (full steps 0 and 2 of 4)."""
+    folder = tmp_path_factory.mktemp("toca") / "out"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        summary = cli(first_run_argv(checkpoint, folder, prompt_file, *TOCA))
+    return folder, summary, stdout.getvalue()
+
+
+def test_a_method_is_recorded_and_named_and_another_is_refused(toca_run, first_run, checkpoint, prompt_file, capsys):
+    folder, summary, stdout = toca_run
+    record = read_records(folder / METADATA)["00003.png"]
+    assert record["method"] == {"method": "toca", "interval": 2, "fresh_ratio": 0.1, "score": "norm",
+                                "layer_schedule": True, "first_enhance": 1, "seed": 0}  # fmt: skip
+    assert (summary["label"], summary["full_steps"], summary["forecast_steps"]) == ("ToCa N=2 R=0.1", 2, 2)
+    assert "ToCa N=2 R=0.1: 2 full + 2 cached steps of 4" in stdout
+    assert not np.array_equal(read_pngs(folder)["00000.png"], read_pngs(first_run[0])["00000.png"])
+    # DuCa shares ToCa's settings; its records differ in the method's name, so its images never mix with ToCa's.
+    before = snapshot(folder)
+    with pytest.raises(SystemExit) as exit_info:
+        cli(first_run_argv(checkpoint, folder, prompt_file, *TOCA[2:], "--method", "duca"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("error:") == 1 and "other settings" in err
+    assert "00000.png: method {'method': 'toca'," in err and "-> {'method': 'duca'," in err
+    assert snapshot(folder) == before
+
+
+def test_killed_method_run_resumes_to_the_files_of_an_uninterrupted_run(
+    toca_run, checkpoint, prompt_file, tmp_path, monkeypatch
+) -> None:
+    original, _, _ = toca_run
+    folder = tmp_path / "out"
+    real, calls = sample.save_png, []
+
+    def killing(*args) -> None:
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(args)
+        real(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sample, "save_png", killing)
+        with pytest.raises(KeyboardInterrupt):
+            cli(first_run_argv(checkpoint, folder, prompt_file, *TOCA))
+    summary = cli(first_run_argv(checkpoint, folder, prompt_file, *TOCA))
+    assert (summary["written"], summary["skipped"]) == (2, 2)
+    assert file_bytes(folder) == file_bytes(original)
+
+
+def test_records_written_before_methods_existed_resume(first_run, checkpoint, prompt_file, tmp_path) -> None:
+    """A TaylorSeer folder whose records hold the old ``taylorseer`` key is adopted as it is: nothing made again,
+    no file changed."""
+    folder = tmp_path / "out"
+    shutil.copytree(first_run[0], folder)
+    old_lines = []
+    for line in (folder / METADATA).read_text().splitlines():
+        record = json.loads(line)
+        taylorseer = {k: v for k, v in record.pop("method").items() if k != "method"}
+        old_lines.append(json.dumps({**record, "taylorseer": {**taylorseer, "factor_dtype": "auto"}}))
+    (folder / METADATA).write_text("\n".join(old_lines) + "\n")
+    before = file_bytes(folder)
+    summary = cli(first_run_argv(checkpoint, folder, prompt_file))
+    assert (summary["written"], summary["skipped"]) == (0, 4)
+    assert {k: v for k, v in file_bytes(folder).items() if not k.startswith("overview")} == {
+        k: v for k, v in before.items() if not k.startswith("overview")
+    }
+
+
+def test_old_records_become_todays() -> None:
+    plain = {"index": 0, "file": "00000.png", "taylorseer": None}
+    assert upgrade_record(plain) == {"index": 0, "file": "00000.png", "method": None}
+    settings = {"interval": 6, "max_order": 2, "first_enhance": 3, "derivative_start_step": 2}
+    old = {"file": "a.png", "taylorseer": {**settings, "factor_dtype": "float32"}}
+    expected = {"method": "taylorseer", **settings, "factor_dtype": "float32"}
+    assert upgrade_record(old) == {"file": "a.png", "method": expected}
+    assert upgrade_record({"file": "a.png", "method": None}) == {"file": "a.png", "method": None}
+
+
+def test_teacache_run_counts_its_flops_from_the_steps_it_computed(checkpoint, tmp_path, capsys) -> None:
+    """A threshold no change reaches: every batch computes its first and last step and skips the two between."""
+    teacache = (
+        "--method",
+        "teacache",
+        "--teacache-thresh",
+        "1000",
+        "--prompt",
+        "a cat",
+        "--num-images-per-prompt",
+        "2",
+    )
+    summary = cli(argv(checkpoint, tmp_path / "out", *teacache))
+    out = capsys.readouterr().out
+    assert (summary["label"], summary["full_steps"], summary["forecast_steps"]) == ("TeaCache l=1000", 2, 2)
+    step_flops = teacache_step_flops(TINY_DEV, 48, 32, 16)
+    full = plain_step_flops(TINY_DEV, 48, 32, 16)
+    assert summary["tflops"] * 1e12 == pytest.approx(teacache_flops(2, 2, step_flops), rel=1e-12)
+    assert summary["full_tflops"] * 1e12 == pytest.approx(4 * full, rel=1e-12)
+    assert step_flops[0] > full > step_flops[1] > 0
+    assert "TeaCache l=1000: 2 computed + 2 skipped steps of 4 per image" in out
+    record = read_records(tmp_path / "out" / METADATA)["00001.png"]
+    assert record["method"]["method"] == "teacache" and record["method"]["threshold"] == 1000
+    assert record["method"]["coefficients"] == pytest.approx([4.98651651e02, -2.83781631e02, 5.58554382e01,
+                                                              -3.82021401e00, 2.64230861e-01])  # fmt: skip
+
+
+# A shallow flux-dev (2 double + 4 single blocks) at 256x256 with 64 text tokens: the published model's block sizes,
+# counted in seconds. L = 256 image + 64 text tokens, D = 3072, MLP 12288.
+SHALLOW = replace(FLUX_PRESETS["flux-dev"], depth=2, depth_single_blocks=4)
+FLOPS_ARGV = ["--test-FLOPs", "--width", "256", "--height", "256", "--max-sequence-length", "64", "--num-steps", "7"]
+L, D, M = 320, 3072, 12288
+SINGLE_BLOCK = 2 * L * D * (3 * D + M) + 2 * (2 * L * L * D) + 2 * L * (D + M) * D + 2 * D * 3 * D
+
+
+def test_delta_dit_flops_are_counted_per_step(monkeypatch, capsys) -> None:
+    """The default Δ-DiT range is the transformer's single-stream stack: a cached step costs a full step less its
+    four single blocks (modulations included); full steps 0, 3, 6 (N=3, E=1)."""
+    monkeypatch.setitem(FLUX_PRESETS, "flux-dev", SHALLOW)
+    cli([*FLOPS_ARGV, "--method", "delta-dit", "--interval", "3", "--first-enhance", "1"])
+    out = capsys.readouterr().out
+    report = last_json_line(out)
+    full = report["full_step_tflops"] * 1e12
+    cached = full - 4 * SINGLE_BLOCK
+    assert [t * 1e12 for t in report["step_tflops"]] == [full, cached, cached, full, cached, cached, full]
+    assert (report["label"], report["full_steps"], report["forecast_steps"]) == ("Δ-DiT N=3 k=4", 3, 4)
+    assert report["speedup"] == pytest.approx(7 * full / (3 * full + 4 * cached), rel=1e-12)
+    assert "Δ-DiT N=3 k=4 E=1;" in out and "(3 full + 4 cached steps)" in out
+
+
+def test_teacache_flops_are_left_to_the_run(monkeypatch, capsys) -> None:
+    monkeypatch.setitem(FLUX_PRESETS, "flux-dev", SHALLOW)
+    cli([*FLOPS_ARGV, "--method", "teacache"])
+    out = capsys.readouterr().out
+    report = last_json_line(out)
+    assert (report["tflops"], report["speedup"], report["label"]) == (None, None, "TeaCache l=0.4")
+    signal = 2 * D * 6 * D  # block 0's image modulation
+    assert report["computed_step_tflops"] * 1e12 == report["full_step_tflops"] * 1e12 + signal
+    assert "its FLOPs depend on the run" in out
+
+
+def test_full_compute_flops(monkeypatch, capsys) -> None:
+    monkeypatch.setitem(FLUX_PRESETS, "flux-dev", SHALLOW)
+    cli([*FLOPS_ARGV, "--method", "full"])
+    report = last_json_line(capsys.readouterr().out)
+    assert (report["label"], report["speedup"], report["full_steps"]) == ("full compute", 1.0, 7)
