@@ -483,8 +483,9 @@ class Flux(nn.Module):
 
         def double(block: DoubleStreamBlock, index: int) -> Callable[[torch.Tensor], torch.Tensor]:
             def run(x: torch.Tensor) -> torch.Tensor:
-                # Contiguous streams, as the blocks had before the stack was joined: a strided input may take
-                # another matmul kernel (e.g. linear without the fused bias), which would change the rounding.
+                # Contiguous streams, as the blocks had before the stack was joined (a no-op at batch 1): torch's
+                # linear takes a strided 3-D input through matmul and a separate bias add instead of one addmm,
+                # which can round differently on some backends.
                 img, txt = x[:, txt_len:].contiguous(), x[:, :txt_len].contiguous()
                 img, txt = block(img=img, txt=txt, vec=vec, pe=pe, cache=layer(index))
                 return torch.cat((txt, img), dim=1)
