@@ -23,7 +23,7 @@ from .caching import CacheMethod
 from .cli import FACTOR_DTYPES, finite_float, int_range
 from .delta_dit import DeltaDiTCache, DeltaDiTConfig
 from .taylor_cache import TaylorCache, TaylorSeerConfig
-from .teacache import TEACACHE_COEFFICIENTS, TeaCache, TeaCacheConfig
+from .teacache import TEACACHE_COEFFICIENTS, TeaCache, TeaCacheConfig, load_coefficients
 from .toca import SCORES, DuCaCache, ToCaCache, ToCaConfig
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "make_cache",
     "method_config_from_args",
     "method_record",
+    "teacache_coefficients_arg",
 ]
 
 METHODS = ("full", "taylorseer", "fora", "delta-dit", "toca", "duca", "teacache")
@@ -77,11 +78,23 @@ def add_method_args(
     )
     group.add_argument(
         "--teacache-coefficients",
-        choices=list(TEACACHE_COEFFICIENTS),
+        type=teacache_coefficients_arg,
         default=teacache_coefficients,
-        help="TeaCache: the rescaling polynomial (published for flux and hunyuanvideo; identity = none)",
+        metavar="{" + ",".join(TEACACHE_COEFFICIENTS) + "}|FILE",
+        help="TeaCache: the rescaling polynomial, a published one (flux, hunyuanvideo; identity = none) or a model's "
+        'own fit: a JSON file holding its "coefficients", highest power first (DiT: fit_teacache.py)',
     )
     return group
+
+
+def teacache_coefficients_arg(text: str) -> str:
+    """argparse ``type=`` of --teacache-coefficients: a published name or a readable fit file, kept as given (the
+    config reads it); anything else is argparse's one ``error:`` line with the reason."""
+    try:
+        load_coefficients(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def method_config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> MethodConfig:
@@ -119,9 +132,7 @@ def _config(args: argparse.Namespace) -> MethodConfig:
             layer_schedule=args.layer_schedule,
             first_enhance=args.first_enhance,
         )
-    return TeaCacheConfig(
-        threshold=args.teacache_thresh, coefficients=TEACACHE_COEFFICIENTS[args.teacache_coefficients]
-    )
+    return TeaCacheConfig(threshold=args.teacache_thresh, coefficients=load_coefficients(args.teacache_coefficients))
 
 
 def make_cache(method: str, config: MethodConfig) -> CacheMethod | None:

@@ -9,13 +9,18 @@ are always computed.
 
 The decision depends on the step's input, so it cannot be known from (step, config) alone: it is made in
 :meth:`TeaCache.run_blocks` and counted there, which is also where the run's FLOPs come from.
+
+The rescaling polynomial is a published one by name (:data:`TEACACHE_COEFFICIENTS`) or a model's own fit, read from
+the JSON file a fit script writes (``{"coefficients": [...], ...}``, see TaylorSeer-DiT/fit_teacache.py).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +28,7 @@ import torch
 from .caching import CacheMethod, State
 from .delta_dit import add_states, subtract_states
 
-__all__ = ["TEACACHE_COEFFICIENTS", "TeaCacheConfig", "TeaCache", "relative_l1"]
+__all__ = ["TEACACHE_COEFFICIENTS", "TeaCacheConfig", "TeaCache", "load_coefficients", "read_fit", "relative_l1"]
 
 TEACACHE_COEFFICIENTS: dict[str, tuple[float, ...]] = {
     # Published with TeaCache (TeaCache4FLUX, TeaCache4HunyuanVideo), highest power first.
@@ -46,6 +51,45 @@ class TeaCacheConfig:
             raise ValueError(f"threshold must be a finite number >= 0, got {self.threshold!r}")
         if not self.coefficients or not all(math.isfinite(float(c)) for c in self.coefficients):
             raise ValueError(f"coefficients must be finite numbers, got {self.coefficients!r}")
+
+
+def load_coefficients(spec: str) -> tuple[float, ...]:
+    """The polynomial named ``spec`` in :data:`TEACACHE_COEFFICIENTS`, else the one in the fit file at path ``spec``;
+    a one-line ValueError that says what to pass otherwise."""
+    if spec in TEACACHE_COEFFICIENTS:
+        return TEACACHE_COEFFICIENTS[spec]
+    return read_fit(spec)["coefficients"]
+
+
+def read_fit(path: str | Path) -> dict:
+    """A fit file's content, its ``"coefficients"`` checked (a non-empty list of finite numbers) and made a tuple."""
+    path = Path(path)
+    names = ", ".join(TEACACHE_COEFFICIENTS)
+    if not path.is_file():
+        raise ValueError(f"{path} is neither a published polynomial ({names}) nor a fit file: give one of those")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a JSON fit file ({exc}): refit it, or give one of {names}") from None
+    coefficients = data.get("coefficients") if isinstance(data, dict) else None
+    if not (isinstance(coefficients, list) and coefficients and all(_is_finite_number(c) for c in coefficients)):
+        shown = json.dumps(coefficients)
+        raise ValueError(
+            f'{path}: "coefficients" must be a non-empty list of finite numbers (highest power first), got '
+            f"{shown if len(shown) <= 80 else shown[:77] + '...'}: refit it, or give one of {names}"
+        )
+    return {**data, "coefficients": tuple(float(c) for c in coefficients)}
+
+
+def _is_finite_number(value: object) -> bool:
+    # json reads NaN and Infinity as floats, and 1e999 written as an integer as one too large for a float; a bool is
+    # an int to Python but no coefficient.
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> float:
