@@ -1,17 +1,28 @@
-"""HunyuanVideo (Tencent) text-to-video diffusion transformer with TaylorSeer's cache calls inline.
+"""HunyuanVideo (Tencent) text-to-video diffusion transformer with the caching methods' calls inline.
 
 Parameter names equal the keys of the official checkpoint (``mp_rank_00_model_states.pt``, weights under
 ``module``), so it loads unchanged. With ``cache=None`` every forward is the plain HunyuanVideo transformer; with a
-:class:`~common.taylor_cache.TaylorCache`, the following module outputs (after their output projection, before the
-adaLN gate) are computed and recorded at full steps and forecast at the others, where the TaylorSeer reference caches
-them (reference-semantics §4.2):
+:class:`~common.caching.CacheMethod` (TaylorSeer, FORA, Δ-DiT, ToCa, DuCa, TeaCache: ``common.methods``), the module
+outputs below (after their output projection, before the adaLN gate) go through the cache, where the TaylorSeer
+reference caches them (reference-semantics §4.2):
 
 * double-stream block ``i`` -> ``cache.layer(i)``, keys ``"img_attn"``, ``"img_mlp"``, ``"txt_attn"``, ``"txt_mlp"``.
   The image and text attentions are ONE joint attention: at a full step it runs once and both projections are
-  recorded; at a forecast step neither the qkv projections, the attention nor the output projections run.
+  recorded; at a forecast step neither the qkv projections, the attention nor the output projections run. The two
+  MLPs are token-wise (``cached_tokens``): ToCa recomputes only its fresh tokens.
 * single-stream block ``j`` -> ``cache.layer(num_double_blocks + j)``, key ``"total"`` =
-  ``linear2(cat(attn, gelu(mlp)))``. (The reference also Taylor-updates the raw single-stream attention output, which
-  its Taylor mode never reads; it is not kept here.)
+  ``linear2(cat(attn, gelu(mlp)))``. Its fused projections mix attention and MLP, so it is not split by token: ToCa
+  reuses it on cached steps, which is what the reference HunyuanVideo ToCa ends up doing too (its single-stream
+  ``update_cache`` is commented out, §4.4). (The reference also Taylor-updates the raw single-stream attention
+  output, which its Taylor mode never reads; it is not kept here.)
+
+The whole block stack runs through ONE ``run_blocks`` call per forward, as ``num_double_blocks +
+num_single_blocks`` callables that each map the state (image tokens, text tokens) to the next one; a single-stream
+block joins the two into its joint sequence and splits its output again (copies of the same values: the plain
+model's numbers do not change). Every callable having the same state type is what lets a method bypass any range of
+blocks (Δ-DiT; its ``cached_blocks = num_single_blocks`` is the reference FLUX variant's bypassed single-stream
+stack) or the whole stack (TeaCache, DuCa) with one residual or output per stream. TeaCache's signal is the first
+block's timestep-modulated image input, as TeaCache4HunyuanVideo computes it.
 
 The embeddings, the text token refiner, every block's modulation and the final layer run at every step.
 
@@ -43,6 +54,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.caching import CacheMethod, LayerCache, cached, cached_group, cached_tokens
+from common.caching import run_blocks as run_block_stack
 from common.checkpoint import (
     CheckpointError,
     find_diffusers_model_folder,
@@ -58,7 +71,6 @@ from common.sequence_parallel import (
     shard_sequence,
     ulysses_joint_attention,
 )
-from common.taylor_cache import LayerCache, TaylorCache, cached, cached_group
 
 __all__ = [
     "HunyuanVideoParams",
@@ -501,14 +513,25 @@ class MMDoubleStreamBlock(nn.Module):
 
         img_attn, txt_attn = cached_group(cache, ("img_attn", "txt_attn"), joint_attn)  # (B, L_img, D), (B, L_txt, D)
 
+        # The MLPs are token-wise: a method may run them on some tokens only (ToCa).
         img = img + apply_gate(img_attn, img_mod[2])
-        img_mlp = cached(cache, "img_mlp", lambda: self.img_mlp(modulate(self.img_norm2(img), img_mod[3], img_mod[4])))
+        img_mlp = cached_tokens(
+            cache, "img_mlp", lambda: modulate(self.img_norm2(img), img_mod[3], img_mod[4]), self.img_mlp
+        )
         img = img + apply_gate(img_mlp, img_mod[5])
 
         txt = txt + apply_gate(txt_attn, txt_mod[2])
-        txt_mlp = cached(cache, "txt_mlp", lambda: self.txt_mlp(modulate(self.txt_norm2(txt), txt_mod[3], txt_mod[4])))
+        txt_mlp = cached_tokens(
+            cache, "txt_mlp", lambda: modulate(self.txt_norm2(txt), txt_mod[3], txt_mod[4]), self.txt_mlp
+        )
         txt = txt + apply_gate(txt_mlp, txt_mod[5])
         return img, txt
+
+    def modulated_input(self, img: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        """The image attention's input (B, L_img, D): the timestep-modulated image tokens TeaCache compares across
+        steps (TeaCache4HunyuanVideo: ``img_mod`` shift1/scale1 applied to ``img_norm1(img)``)."""
+        shift, scale = self.img_mod(vec)[:2]
+        return modulate(self.img_norm1(img), shift, scale)
 
 
 class MMSingleStreamBlock(nn.Module):
@@ -563,12 +586,20 @@ class MMSingleStreamBlock(nn.Module):
         attn_fn: JointAttention = joint_attention,
     ) -> torch.Tensor:
         shift, scale, gate = self.modulation(vec)  # (B, D) each
+        # The fused projections mix attention and MLP channels, so the block is not split by token: ToCa reuses it
+        # on cached steps (as the reference HunyuanVideo ToCa, whose single-stream token update is disabled).
         total = cached(
             cache,
             "total",
             lambda: self.fused(modulate(self.pre_norm(x), shift, scale), txt_len, freqs, txt_mask, attn_fn),
         )  # (B, L, D)
         return x + apply_gate(total, gate)
+
+    def modulated_input(self, x: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        """The timestep-modulated input (B, L, D) of the fused projections; token-wise, so any token subset may be
+        passed."""
+        shift, scale = self.modulation(vec)[:2]
+        return modulate(self.pre_norm(x), shift, scale)
 
 
 class FinalLayer(nn.Module):
@@ -677,21 +708,75 @@ class HunyuanVideo(nn.Module):
         vec: torch.Tensor,
         freqs: tuple[torch.Tensor, torch.Tensor],
         txt_mask: torch.Tensor | None,
-        cache: TaylorCache | None = None,
+        cache: CacheMethod | None = None,
         attn_fn: JointAttention = joint_attention,
+        sequence_parallel: SequenceParallel | None = None,
     ) -> torch.Tensor:
-        """The double- then single-stream blocks over img (B, L_img, D) and txt (B, L_txt, D); returns the image
-        tokens (B, L_img, D). ``freqs`` rows correspond to the rows of ``img``."""
-        for i, block in enumerate(self.double_blocks):
-            layer = None if cache is None else cache.layer(i)
-            img, txt = block(img, txt, vec, freqs, txt_mask, cache=layer, attn_fn=attn_fn)
+        """The double- then single-stream blocks over img (B, L_img, D) and txt (B, L_txt, D), in ONE call of the
+        cache's ``run_blocks``; returns the image tokens (B, L_img, D). ``freqs`` rows correspond to the rows of
+        ``img``, which under ``sequence_parallel`` are this rank's shard (the TeaCache signal is then gathered)."""
+        blocks = [
+            self._double_block_step(i, vec, freqs, txt_mask, cache, attn_fn) for i in range(len(self.double_blocks))
+        ]
+        blocks += [
+            self._single_block_step(j, vec, freqs, txt_mask, cache, attn_fn) for j in range(len(self.single_blocks))
+        ]
+        signal = functools.partial(self.teacache_signal, img, txt, vec, sequence_parallel)
+        img, _ = run_block_stack(cache, blocks, (img, txt), signal=signal)
+        return img
 
-        txt_len = txt.shape[1]
-        x = torch.cat((img, txt), dim=1)  # (B, L_img + L_txt, D)
-        for j, block in enumerate(self.single_blocks):
-            layer = None if cache is None else cache.layer(single_block_layer_index(self.params, j))
-            x = block(x, vec, txt_len, freqs, txt_mask, cache=layer, attn_fn=attn_fn)
-        return x[:, : x.shape[1] - txt_len]
+    def _double_block_step(
+        self,
+        i: int,
+        vec: torch.Tensor,
+        freqs: tuple[torch.Tensor, torch.Tensor],
+        txt_mask: torch.Tensor | None,
+        cache: CacheMethod | None,
+        attn_fn: JointAttention,
+    ) -> Callable[[tuple[torch.Tensor, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
+        """Double-stream block ``i`` as a (img, txt) -> (img, txt) step of the stack."""
+        block, layer = self.double_blocks[i], None if cache is None else cache.layer(i)
+        return lambda state: block(*state, vec, freqs, txt_mask, cache=layer, attn_fn=attn_fn)
+
+    def _single_block_step(
+        self,
+        j: int,
+        vec: torch.Tensor,
+        freqs: tuple[torch.Tensor, torch.Tensor],
+        txt_mask: torch.Tensor | None,
+        cache: CacheMethod | None,
+        attn_fn: JointAttention,
+    ) -> Callable[[tuple[torch.Tensor, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
+        """Single-stream block ``j`` as a (img, txt) -> (img, txt) step: it runs on the joint sequence [img; txt] and
+        its output is split back, so that every step of the stack has the same state type."""
+        block = self.single_blocks[j]
+        layer = None if cache is None else cache.layer(single_block_layer_index(self.params, j))
+
+        def step(state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            img, txt = state
+            x = block(torch.cat(state, dim=1), vec, txt.shape[1], freqs, txt_mask, cache=layer, attn_fn=attn_fn)
+            return x[:, : img.shape[1]], x[:, img.shape[1] :]
+
+        return step
+
+    def teacache_signal(
+        self,
+        img: torch.Tensor,
+        txt: torch.Tensor,
+        vec: torch.Tensor,
+        sequence_parallel: SequenceParallel | None = None,
+    ) -> torch.Tensor:
+        """The first block's timestep-modulated image input (B, L_img, D), TeaCache's step-skip signal.
+
+        Under sequence parallelism every rank holds a shard of the image tokens; the signal is gathered, so that all
+        ranks of the group hold the same bytes and make the same skip decision (the one a single process makes)."""
+        if len(self.double_blocks):
+            signal = self.double_blocks[0].modulated_input(img, vec)
+        else:  # token-wise, so the image rows of the joint input are the modulated image tokens alone
+            signal = self.single_blocks[0].modulated_input(img, vec)
+        if sequence_parallel is not None and sequence_parallel.world_size > 1:
+            signal = gather_sequence(signal, 1, sequence_parallel)
+        return signal
 
     def unpatchify(self, x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
         """(B, T * H * W, patch_volume * C) -> (B, C, T * pt, H * ph, W * pw)."""
@@ -710,7 +795,7 @@ class HunyuanVideo(nn.Module):
         text_mask: torch.Tensor | None,
         text_states_2: torch.Tensor,
         guidance: torch.Tensor | None = None,
-        cache: TaylorCache | None = None,
+        cache: CacheMethod | None = None,
         sequence_parallel: SequenceParallel | None = None,
     ) -> torch.Tensor:
         """x (B, C, T, H, W) latents, t (B,) in [0, 1000], text_states (B, L_txt, text_states_dim), text_mask (B, L_txt)
@@ -721,7 +806,8 @@ class HunyuanVideo(nn.Module):
         With ``sequence_parallel`` (every rank of its group calls forward with the same inputs), each rank runs the
         blocks on its contiguous shard of the image tokens (and the whole text), attention goes through Ulysses
         all-to-alls, and the final tokens are gathered: every rank returns the full prediction. A cache passed in
-        then holds this rank's shard only; the schedule is a function of the step, so the ranks stay in step."""
+        then holds this rank's shard only; every method's decisions are the same on all ranks of the group (the
+        schedules are functions of the step, TeaCache's signal is gathered), so the ranks stay in step."""
         if x.ndim != 5 or text_states.ndim != 3:
             raise ValueError(
                 f"x must be (B, C, T, H, W) and text_states (B, L, C); "
@@ -736,7 +822,8 @@ class HunyuanVideo(nn.Module):
             img = shard_sequence(img, 1, sequence_parallel)  # (B, L_img / K, D)
             freqs = tuple(shard_sequence(f, 0, sequence_parallel) for f in freqs)  # 2 x (L_img / K, head_dim)
             attn_fn = functools.partial(ulysses_joint_attention, sp=sequence_parallel)
-        img = self.run_blocks(img, txt, vec, freqs, text_key_mask(text_mask), cache, attn_fn)  # (B, L_img[/K], D)
+        txt_mask = text_key_mask(text_mask)
+        img = self.run_blocks(img, txt, vec, freqs, txt_mask, cache, attn_fn, sequence_parallel)  # (B, L_img[/K], D)
         img = self.final_layer(img, vec)  # (B, L_img[/K], patch_volume * C)
         if sequence_parallel is not None:
             img = gather_sequence(img, 1, sequence_parallel)  # (B, L_img, patch_volume * C)

@@ -1,4 +1,4 @@
-"""HunyuanVideo text-to-video sampling with TaylorSeer (upstream ``hyvideo/diffusion/pipelines``), as a python API.
+"""HunyuanVideo text-to-video sampling with a caching method (upstream ``hyvideo/diffusion/pipelines``), in python.
 
     components = load_components(find_model_files("ckpts"), "HYVideo-T/2-cfgdistill", dtype=torch.bfloat16,
                                  text_encoder_dtype=torch.float16, vae_dtype=torch.float16)
@@ -6,14 +6,17 @@
     out = pipe("A cat walks on the grass, realistic", height=480, width=640, video_length=65, seed=42,
                cache=TaylorCache(TaylorSeerConfig(interval=5, max_order=1, first_enhance=1)))
     write_video("cat.mp4", video_to_uint8_frames(out.video), fps=24)
+    # any other method: cache=make_cache("teacache", TeaCacheConfig(0.15, TEACACHE_COEFFICIENTS["hunyuanvideo"]))
 
 One call makes one video: encode the prompt (LLaVA-LLaMA-3 states + CLIP pooled vector), drop the text positions
 that are padding in every prompt of the batch, draw the initial latents in float32 from a generator seeded with
 ``seed`` on the sampling device, run ``num_inference_steps`` Euler steps of the flow ODE (:mod:`.scheduler`), decode
 with the causal 3D VAE. Upstream draws the noise in the text encoder's dtype (fp16), which rounds it; we draw it in
 float32, the precision the Euler steps integrate in (diffusers does the same), so a seed gives the same noise
-whatever the model dtypes. The sampler owns the TaylorSeer schedule: the cache is reset at the start of every video
-and ``cache.begin_step(i)`` announces step i before the model runs; the blocks only call the cache.
+whatever the model dtypes. The cache is any :class:`~common.caching.CacheMethod` (``common.methods.make_cache``:
+TaylorSeer, FORA, Δ-DiT, ToCa, DuCa, TeaCache); the sampler is the same for all: the cache is reset with the step count
+at the start of every video and ``cache.begin_step(i)`` announces step i before the model runs; the blocks only call
+the cache.
 
 ``cfg_scale`` 1 (upstream's default for the guidance-distilled release) runs a batch of 1; above 1 the latents run as
 one batch [uncond, cond] with the negative prompt. ``embedded_guidance_scale`` (6.0) reaches guidance-distilled
@@ -36,9 +39,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from common.caching import CacheMethod
 from common.offload import on_device
 from common.sequence_parallel import SequenceParallel
-from common.taylor_cache import TaylorCache
 
 from .model import HunyuanVideo
 from .scheduler import euler_step, flow_match_sigmas, timesteps_from_sigmas
@@ -54,7 +57,8 @@ TEMPORAL_FACTOR = 4
 """The causal VAE keeps the first frame and compresses every following 4 frames into one latent frame."""
 
 StepCallback = Callable[[int, float, bool], None]
-"""``on_step(i, timestep, is_full_step)``, called before each step's model call."""
+"""``on_step(i, timestep, is_full_step)``, called after each step's model call: TeaCache decides whether a step is
+computed during that call."""
 
 
 @dataclass
@@ -199,11 +203,11 @@ class HunyuanVideoPipeline:
         text: TextEmbeddings,
         guidance: torch.Tensor | None,
         cfg_scale: float,
-        cache: TaylorCache | None,
+        cache: CacheMethod | None,
     ) -> torch.Tensor:
         """The guided velocity (1, C, T', H', W') in float32 at one step: the pipeline's only transformer call.
 
-        With ``cfg_scale > 1`` the latents run as the batch [uncond, cond] in ONE forward, so one TaylorCache state
+        With ``cfg_scale > 1`` the latents run as the batch [uncond, cond] in ONE forward, so one cache state
         serves both halves: each cached feature is recorded and forecast for the whole batch at once, and the
         schedule advances once per step. (Separately-run branches would each need their own cache.)
         """
@@ -226,24 +230,25 @@ class HunyuanVideoPipeline:
         *,
         embedded_guidance_scale: float | None = 6.0,
         cfg_scale: float = 1.0,
-        cache: TaylorCache | None = None,
+        cache: CacheMethod | None = None,
         progress: bool = False,
         on_step: StepCallback | None = None,
     ) -> torch.Tensor:
-        """Euler integration from ``sigmas[0]`` to ``sigmas[-1]``; the cache (if any) is reset first and told each
-        step. Returns the float32 latents."""
+        """Euler integration from ``sigmas[0]`` to ``sigmas[-1]``; the cache (if any) is reset with the number of
+        steps first and told each step. Returns the float32 latents."""
         if cfg_scale > 1.0 and text.states.shape[0] != 2:
             raise ValueError("cfg_scale > 1 needs the text embeddings of the batch [uncond, cond]")
         timesteps = timesteps_from_sigmas(sigmas).to(self.device)
         guidance = self.guidance(text.states.shape[0], embedded_guidance_scale)
         if cache is not None:
-            cache.reset()
+            cache.reset(len(timesteps))
         for i in tqdm(range(len(timesteps)), desc="denoising", disable=not progress):
-            full = True if cache is None else cache.begin_step(i)
-            if on_step is not None:
-                on_step(i, float(timesteps[i]), full)
+            if cache is not None:
+                cache.begin_step(i)
             v = self.velocity(latents, timesteps[i], text, guidance, cfg_scale, cache)
             latents = euler_step(latents, v, sigmas[i], sigmas[i + 1])
+            if on_step is not None:
+                on_step(i, float(timesteps[i]), True if cache is None else cache.is_full_step)
         return latents
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -268,7 +273,7 @@ class HunyuanVideoPipeline:
         embedded_guidance_scale: float | None = 6.0,
         cfg_scale: float = 1.0,
         negative_prompt: str | None = None,
-        cache: TaylorCache | None = None,
+        cache: CacheMethod | None = None,
         progress: bool = False,
         on_step: StepCallback | None = None,
     ) -> VideoOutput:

@@ -1,13 +1,28 @@
-"""Text-to-video with HunyuanVideo and TaylorSeer: upstream's sample_video.py flags plus VBench batch sampling.
+"""Text-to-video with HunyuanVideo and a caching method: upstream's sample_video.py flags plus VBench batch sampling.
 
-    # the TaylorSeer paper's setting (N=5, O=1, E=1 are the defaults; --interval 1 is the uncached model)
+    # the TaylorSeer paper's setting (N=5, O=1, E=1 are the defaults; --method full is the uncached model)
     python TaylorSeer-HunyuanVideo/sample_video.py --prompt "A cat walks on the grass, realistic" \\
         --video-size 480 640 --video-length 65 --infer-steps 50 --seed 42 --flow-reverse --use-cpu-offload
     # FLOPs of that run, no weights needed
     python TaylorSeer-HunyuanVideo/sample_video.py --video-size 480 640 --video-length 65 --test-FLOPs
+    # another method, e.g. the paper's baselines: --method fora, toca (--fresh-ratio 0.1), duca, delta-dit, teacache
+    python TaylorSeer-HunyuanVideo/sample_video.py --method teacache --teacache-thresh 0.4 --prompt "..." ...
     # VBench: 5 videos per prompt named "{prompt}-{k}.mp4", split over 8 GPUs, resumable
     torchrun --nproc_per_node=8 TaylorSeer-HunyuanVideo/sample_video.py --prompt-json VBench_full_info.json \\
         --video-size 480 640 --video-length 65 --save-path vbench_videos
+
+--method picks the training-free method (common/methods.py), each with its own flags: TaylorSeer and FORA
+(--interval, --max-order, --first-enhance, ...), Δ-DiT (--interval, --cached-blocks, --delta-boundary), ToCa and DuCa
+(--interval, --fresh-ratio, --toca-score, --layer-schedule), TeaCache (--teacache-thresh, --teacache-coefficients).
+HunyuanVideo's defaults: TaylorSeer N=5 O=1 E=1 (the paper); Δ-DiT bypasses the whole single-stream stack at every
+cached step (--cached-blocks = the model's single-stream blocks, --delta-boundary 1: the reference's FLUX variant, the
+only Δ-DiT the reference code has); ToCa/DuCa recompute 10% of the tokens (the reference's HunyuanVideo ToCa/DuCa
+setting, here with the "norm" score where the reference draws them at random: --toca-score random); TeaCache uses
+TeaCache4HunyuanVideo's published polynomial and its default threshold 0.15 (about 2.1x there; 0.1 is its slower,
+about 1.6x setting; the TaylorSeer paper's HunyuanVideo row uses 0.4). A flag of another method than the one chosen is
+ignored with a warning. --test-FLOPs counts a deterministic method over its real schedule; TeaCache skips steps by
+the run's input, so it prints the cost of a computed and of a skipped step, and every run ends with its FLOPs (from
+each video's step counts) in its summary.
 
 Weights are read from --model-base (default $MODEL_BASE, else ckpts/ in the working directory: upstream's ckpts/
 layout or the diffusers layout of hunyuanvideo-community/HunyuanVideo; see weights.py) and never downloaded: a missing
@@ -17,17 +32,19 @@ seed, seed+1, ... and are saved as {save-path}/seed{seed}_{prompt}.mp4 (the prom
 prompts index-start (inclusive) to index-end (exclusive) each get --num-videos-per-prompt videos with seeds
 seed .. seed+k-1, saved as {save-path}/{prompt}-{k}.mp4, VBench's naming.
 
-{save-path}/metadata.jsonl records the settings of every video (common/run_records.py), the weights by content
-(weights_id), and each mp4's SHA-256 once it is written; in both modes a video already there is skipped when it was
-made with this run's settings and weights, and the run is refused when it was made with others or has no record. A
-video whose content no longer matches its checksum (truncated, replaced), or that has none and does not decode to
-the run's frames and size, is renamed to {name}.damaged with a warning and made again. Every mp4 is written under a
-temporary name and renamed, so an interrupted run leaves no partial video and a rerun resumes to the same files. A
-video whose latents or frames hold NaN or inf is not saved: the run ends with one message naming the settings to check.
+{save-path}/metadata.jsonl records the settings of every video (common/run_records.py), the caching method with all
+its settings, the weights by content (weights_id), and each mp4's SHA-256 once it is written; in both modes a video
+already there is skipped when it was made with this run's method, settings and weights, and the run is refused when it
+was made with others (another method included) or has no record. A video whose content no longer matches its checksum
+(truncated, replaced), or that has none and does not decode to the run's frames and size, is renamed to {name}.damaged
+with a warning and made again. Every mp4 is written under a temporary name and renamed, so an interrupted run leaves
+no partial video and a rerun resumes to the same files. A video whose latents or frames hold NaN or inf is not saved:
+the run ends with one message naming the settings to check.
 Under torchrun the pending videos are split over the ranks (gloo on CPU, NCCL on GPU) in contiguous chunks, so that
 the consecutive seeds of one prompt stay on one rank.
 With --ulysses-degree K, groups of K consecutive ranks make each video together (Ulysses sequence parallelism: every
-rank holds 1/K of the video tokens and the TaylorSeer cache of its shard); the groups split the videos.
+rank holds 1/K of the video tokens and the method's cache of its shard; TeaCache's skip signal is gathered, so every
+rank takes the same decision); the groups split the videos.
 
     # one video on 8 GPUs: sequence parallel, cache speedup x parallel speedup
     torchrun --nproc_per_node=8 TaylorSeer-HunyuanVideo/sample_video.py --ulysses-degree 8 --prompt "..." \\
@@ -48,7 +65,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -66,11 +83,12 @@ from common.cli import (
     int_range,
     parse_device,
     run_cli,
-    taylorseer_config_from_args,
+    warn,
 )
 from common.distributed import Distributed, launched_world_size, setup_distributed
 from common.integrity import check_finite
 from common.io import remove_stale_temps
+from common.methods import MethodConfig, add_method_args, describe, make_cache, method_config_from_args, method_record
 from common.run_records import (
     RECORDS_FILE,
     check_consistent,
@@ -81,10 +99,9 @@ from common.run_records import (
     sync_records,
 )
 from common.sequence_parallel import SequenceParallel
-from common.taylor_cache import TaylorCache, TaylorSeerConfig
 from common.video_io import verify_video, video_to_uint8_frames, write_video
-from taylorseer_hunyuanvideo.flops import hunyuan_flops_report, hunyuan_latent_shape
-from taylorseer_hunyuanvideo.model import HUNYUAN_VIDEO_PRESETS
+from taylorseer_hunyuanvideo.flops import RunFlops, hunyuan_latent_shape, hunyuan_method_flops, teacache_step_flops
+from taylorseer_hunyuanvideo.model import HUNYUAN_VIDEO_PRESETS, HunyuanVideoParams
 from taylorseer_hunyuanvideo.pipeline import HunyuanVideoPipeline, check_video_size
 from taylorseer_hunyuanvideo.vbench_info import read_vbench_prompts
 from taylorseer_hunyuanvideo.weights import (
@@ -108,6 +125,23 @@ NON_FINITE_SUSPECTS = (
     "the weights (--model-base, --dit-weight): a damaged or mismatched checkpoint makes NaN"
 )
 FP16_MAX = torch.finfo(torch.float16).max
+TEACACHE_THRESH = 0.15
+"""TeaCache4HunyuanVideo's default rel_l1_thresh (about 2.1x there; 0.1 gives about 1.6x)."""
+METHOD_FLAGS = {
+    "--interval": ("taylorseer", "fora", "delta-dit", "toca", "duca"),
+    "--max-order": ("taylorseer",),
+    "--first-enhance": ("taylorseer", "fora", "delta-dit", "toca", "duca"),
+    "--derivative-start-step": ("taylorseer",),
+    "--factor-dtype": ("taylorseer", "fora"),
+    "--cached-blocks": ("delta-dit",),
+    "--delta-boundary": ("delta-dit",),
+    "--fresh-ratio": ("toca", "duca"),
+    "--toca-score": ("toca", "duca"),
+    "--layer-schedule": ("toca", "duca"),
+    "--teacache-thresh": ("teacache",),
+    "--teacache-coefficients": ("teacache",),
+}
+"""The methods that read each method flag; FORA is TaylorSeer of order 0, so it takes no --max-order."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,9 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--test-FLOPs",
         action="store_true",
-        help="print the baseline and TaylorSeer FLOPs of these settings and exit (needs no weights)",
+        help="print the FLOPs of full compute and of --method with these settings and exit (needs no weights)",
     )
     add_taylorseer_args(parser, interval=5, max_order=1, first_enhance=1)
+    add_method_args(parser, teacache_coefficients="hunyuanvideo", teacache_thresh=TEACACHE_THRESH)
+    # Δ-DiT as the reference's FLUX variant: the whole single-stream stack, whose size depends on --model.
+    parser.set_defaults(cached_blocks=None, delta_boundary=1.0)
     return parser
 
 
@@ -278,15 +315,15 @@ def single_prompt_file_name(prompt: str, seed: int) -> str:
     return f"{head}{stem}{tail}"
 
 
-def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TaylorSeerConfig:
-    """Validate every flag (exit 2 through ``parser.error`` with the fix) and return the TaylorSeer config. Ranges and
-    finiteness of single flags are argparse's (``type=``); this checks what depends on several, and the mode's flags.
+def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> MethodConfig:
+    """Validate every flag (exit 2 through ``parser.error`` with the fix) and return the config of ``--method`` (None
+    for full compute). Ranges and finiteness of single flags are argparse's (``type=``); this checks what depends on
+    several, and the mode's flags.
 
     In VBench mode the prompt file is read here and its selected prompts stored in ``args.prompts`` as
     (index, prompt) pairs.
     """
-    config = taylorseer_config_from_args(args, parser)
-    check_schedule_flags(config, args.infer_steps, parser)
+    config = _method_config(args, parser)
     height, width = args.video_size
     try:
         check_video_size(height, width, args.video_length)
@@ -317,6 +354,39 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Tay
     except UsageError as err:
         parser.error(str(err))
     return config
+
+
+def _method_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> MethodConfig:
+    """The config of --method from its flags, with the preset's Δ-DiT range filled in and checked; a flag that the
+    method does not read is named in a warning."""
+    _warn_about_unused_method_flags(args, parser)
+    blocks = _depth(HUNYUAN_VIDEO_PRESETS[args.model])
+    if args.cached_blocks is None:
+        args.cached_blocks = HUNYUAN_VIDEO_PRESETS[args.model].mm_single_blocks_depth
+    elif args.cached_blocks > blocks:
+        parser.error(
+            f"--cached-blocks {args.cached_blocks} exceeds the {blocks} blocks of {args.model}: use 1..{blocks}"
+        )
+    config = method_config_from_args(args, parser)
+    if args.method == "taylorseer":
+        check_schedule_flags(config, args.infer_steps, parser)
+    return config
+
+
+def _depth(params: HunyuanVideoParams) -> int:
+    """Blocks of the stack a method may bypass: the double-stream blocks, then the single-stream ones."""
+    return params.mm_double_blocks_depth + params.mm_single_blocks_depth
+
+
+def _warn_about_unused_method_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A method flag set away from its default that --method does not read: a warning, since the run ignores it."""
+    for flag, methods in METHOD_FLAGS.items():
+        name = flag.removeprefix("--").replace("-", "_")
+        if args.method not in methods and getattr(args, name) != parser.get_default(name):
+            warn(
+                f"{flag} is not a setting of --method {args.method} and is ignored: it is read by --method "
+                f"{' / '.join(methods)}"
+            )
 
 
 _PROMPT_FLAGS = {"num_videos": "--num-videos"}
@@ -410,26 +480,58 @@ def _selected_prompts(args: argparse.Namespace, parser: argparse.ArgumentParser)
     return selected
 
 
-def print_flops(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
-    """Baseline and TaylorSeer FLOPs of these settings, counted on the meta device; ends with one JSON line."""
+def print_flops(args: argparse.Namespace, config: MethodConfig) -> dict:
+    """FLOPs of full compute and of --method with these settings, counted on the meta device over the method's real
+    schedule; ends with one JSON line. TeaCache's depend on the run: the cost of each kind of its steps instead."""
     height, width = args.video_size
     batch = 2 if args.cfg_scale > 1.0 else 1
-    report = hunyuan_flops_report(
-        args.model, height, width, args.video_length, args.text_len, args.infer_steps, config, batch=batch
-    )
+    label = describe(args.method, config)
+    extra = {"model": args.model, "height": height, "width": width, "video_length": args.video_length}
+    extra.update(num_steps=args.infer_steps, text_len=args.text_len, batch=batch)
     print(
         f"{args.model}, {height}x{width}, {args.video_length} frames, {args.infer_steps} steps, {args.text_len} text "
-        f"tokens, batch {batch}, TaylorSeer N={config.interval} O={config.max_order} E={config.first_enhance}"
+        f"tokens, batch {batch}, {label}"
     )
-    print(f"baseline:   {report.baseline_flops / 1e12:12.2f} TFLOPs ({args.infer_steps} full steps)")
-    print(
-        f"TaylorSeer: {report.flops / 1e12:12.2f} TFLOPs ({report.num_full_steps} full, "
-        f"{report.num_forecast_steps} forecast steps)"
+    if args.method == "teacache":
+        return _print_teacache_flops(args, label, batch, extra)
+    report = hunyuan_method_flops(
+        args.model, height, width, args.video_length, args.text_len, args.infer_steps, args.method, config, batch
     )
-    print(f"speedup:    {report.speedup:12.3f}x")
-    extra = {"model": args.model, "height": height, "width": width, "video_length": args.video_length}
-    print(report.json_line(**extra, num_steps=args.infer_steps, text_len=args.text_len, batch=batch))
-    return {**report.as_dict(), **extra}
+    _print_row("baseline", f"{report.baseline_flops / 1e12:12.2f} TFLOPs ({args.infer_steps} full steps)")
+    steps = f"({report.full_steps} full, {report.num_steps - report.full_steps} forecast steps)"
+    _print_row(args.method, f"{report.flops / 1e12:12.2f} TFLOPs {steps}")
+    _print_row("speedup", f"{report.speedup:12.3f}x")
+    result = {**report.as_dict(), **extra}
+    print(json.dumps(result))
+    return result
+
+
+def _print_row(name: str, text: str) -> None:
+    print(f"{name + ':':<12}{text}")
+
+
+def _print_teacache_flops(args: argparse.Namespace, label: str, batch: int, extra: dict) -> dict:
+    """TeaCache skips a step by how much the step's input changed, so its FLOPs are known only after a run (whose
+    summary reports them): the cost of a computed and of a skipped step."""
+    latent = hunyuan_latent_shape(*args.video_size, args.video_length)
+    baseline, computed, skipped = teacache_step_flops(args.model, batch, latent, args.text_len)
+    _print_row("baseline", f"{args.infer_steps * baseline / 1e12:12.2f} TFLOPs ({args.infer_steps} full steps)")
+    _print_row(
+        "teacache",
+        f"{computed / 1e12:12.2f} TFLOPs per computed step, {skipped / 1e12:.3f} per skipped step; which steps it "
+        "skips depends on each video, so a run reports its FLOPs from its step counts",
+    )
+    result = {
+        "convention": "matmul",
+        "method": label,
+        "full_tflops": args.infer_steps * baseline / 1e12,
+        "full_step_tflops": baseline / 1e12,
+        "computed_step_tflops": computed / 1e12,
+        "skipped_step_tflops": skipped / 1e12,
+        **extra,
+    }
+    print(json.dumps(result))
+    return result
 
 
 def contiguous_share(items: list, parts: int, part: int) -> list:
@@ -558,7 +660,7 @@ def load_pipeline(
     )
 
 
-def run_settings(args: argparse.Namespace, config: TaylorSeerConfig, device: torch.device, weights: str) -> dict:
+def run_settings(args: argparse.Namespace, config: MethodConfig, device: torch.device, weights: str) -> dict:
     """What, besides its prompt and seed, determines a video of this run: recorded with every file. ``weights`` is
     the content identity of the weights (:func:`~taylorseer_hunyuanvideo.weights.weights_id`)."""
     height, width = args.video_size
@@ -585,7 +687,8 @@ def run_settings(args: argparse.Namespace, config: TaylorSeerConfig, device: tor
         "lossless": args.lossless,
         # The noise generator lives on the device, so CPU and CUDA runs draw different noise from the same seed.
         "noise_device": device.type,
-        "taylorseer": None if config.is_uncached else {**asdict(config), "factor_dtype": args.factor_dtype},
+        # The method and every setting of it: a folder never mixes videos of two methods or settings.
+        "method": method_record(args.method, config) or {"method": "full"},
         "weights_id": weights,
         "weights": {
             "model_base": str(args.model_base),
@@ -598,7 +701,7 @@ def video_record(job: VideoJob, settings: dict) -> dict:
     return {"file": job.path.name, "prompt": job.prompt, "seed": job.seed, **settings}
 
 
-def run(args: argparse.Namespace, config: TaylorSeerConfig, ranks: VideoRanks, weights: str) -> dict:
+def run(args: argparse.Namespace, config: MethodConfig, ranks: VideoRanks, weights: str) -> dict:
     """Make this rank's share of the pending videos; returns what it did. ``weights`` is the weights' identity."""
     vbench = args.prompt is None
     jobs = video_jobs(args)
@@ -612,6 +715,8 @@ def run(args: argparse.Namespace, config: TaylorSeerConfig, ranks: VideoRanks, w
     damaged = _damaged_videos(args, existing, planned, ranks)
     pending = [job for job in jobs if not job.path.exists() or job.path.name in damaged]
     pipe = load_pipeline(args, ranks.process.device, ranks.sequence_parallel) if pending else None
+    if pipe is not None:
+        _check_loaded_depth(args, pipe.transformer.params)
     if ranks.rank == 0:  # loading worked: only now is anything written
         args.save_path.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(args.save_path)
@@ -619,9 +724,10 @@ def run(args: argparse.Namespace, config: TaylorSeerConfig, ranks: VideoRanks, w
         sync_records(records_path, existing, planned)
     ranks.process.barrier()
     mine = contiguous_share(pending, ranks.num_groups, ranks.group_index)
-    cache = None if config.is_uncached else TaylorCache(config)  # reset by the pipeline for every video
+    cache = make_cache(args.method, config)  # reset by the pipeline for every video
+    label = describe(args.method, config)
     height, width = args.video_size
-    written, seconds = [], []
+    written, seconds, step_counts = [], [], []
     full = forecast = None
     for job in tqdm(mine, desc="videos", disable=ranks.rank != 0 or not vbench):
         out = pipe(
@@ -649,9 +755,10 @@ def run(args: argparse.Namespace, config: TaylorSeerConfig, ranks: VideoRanks, w
         record_written(records_path, planned[job.path.name], job.path)
         written.append(str(job.path))
         seconds.append(out.seconds)
+        step_counts.append(full)
         # The newline in the text (end=""): one write per line, so that ranks sharing stdout never split a line.
         tqdm.write(
-            f"Success, time: {out.seconds:.2f} s (TaylorSeer: {full} full, {forecast} forecast steps; "
+            f"Success, time: {out.seconds:.2f} s ({label}: {full} full, {forecast} forecast steps; "
             f"seed {job.seed}) -> {job.path}\n",
             end="",
         )
@@ -660,9 +767,16 @@ def run(args: argparse.Namespace, config: TaylorSeerConfig, ranks: VideoRanks, w
         f"{len(jobs)} were already there"
     )
     ranks.process.barrier()
+    flops = _videos_flops(args, config, pipe.transformer.params, step_counts) if step_counts else None
+    if flops is not None:
+        _print_line(
+            f"rank {ranks.rank}: {flops['tflops']:.2f} TFLOPs for {len(step_counts)} videos, "
+            f"{flops['flops_speedup']:.3f}x fewer than full compute ({label}; matmul convention, --text-len tokens)"
+        )
     summary = {
         "rank": ranks.rank,
         "world_size": ranks.world_size,
+        "method": label,
         "videos": written,
         "seconds": seconds,
         "skipped": len(jobs) - len(pending),
@@ -670,9 +784,47 @@ def run(args: argparse.Namespace, config: TaylorSeerConfig, ranks: VideoRanks, w
         "total": len(jobs),
         "full_steps": full,
         "forecast_steps": forecast,
+        "flops": flops,
     }
     _print_line(json.dumps(summary))
     return summary
+
+
+def _check_loaded_depth(args: argparse.Namespace, params: HunyuanVideoParams) -> None:
+    """A diffusers folder's config.json, not --model, defines the loaded architecture: Δ-DiT's range must fit it."""
+    if args.method == "delta-dit" and args.cached_blocks > _depth(params):
+        raise UsageError(
+            f"--cached-blocks {args.cached_blocks} exceeds the {_depth(params)} blocks of the loaded transformer: use "
+            f"1..{_depth(params)}, or the --model preset that matches the weights"
+        )
+
+
+def _videos_flops(
+    args: argparse.Namespace, config: MethodConfig, params: HunyuanVideoParams, full_steps: list[int]
+) -> dict:
+    """FLOPs of the videos made with the full-step counts ``full_steps``, in --test-FLOPs's convention (matmul, text
+    unpadded at --text-len tokens): TeaCache's from each video's counts, the other methods' from their schedule."""
+    height, width = args.video_size
+    batch = 2 if args.cfg_scale > 1.0 else 1
+    steps = args.infer_steps
+    if args.method == "teacache":
+        latent = hunyuan_latent_shape(height, width, args.video_length)
+        baseline, computed, skipped = teacache_step_flops(params, batch, latent, args.text_len)
+        label = describe(args.method, config)
+        runs = [RunFlops.from_step_counts(label, baseline, computed, skipped, steps, full) for full in full_steps]
+    else:
+        run = hunyuan_method_flops(
+            params, height, width, args.video_length, args.text_len, steps, args.method, config, batch
+        )
+        runs = [run] * len(full_steps)
+    total, baseline_total = sum(r.flops for r in runs), sum(r.baseline_flops for r in runs)
+    return {
+        "convention": runs[0].convention,
+        "tflops": total / 1e12,
+        "full_tflops": baseline_total / 1e12,
+        "flops_speedup": baseline_total / total,
+        "video_tflops": [r.flops / 1e12 for r in runs],
+    }
 
 
 def _print_line(text: str) -> None:
@@ -701,7 +853,7 @@ def _damaged_videos(
     return damaged
 
 
-def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
+def main(args: argparse.Namespace, config: MethodConfig) -> dict:
     """The FLOPs report, or this process's videos (one rank of a torchrun job, or alone). Everything that can be
     checked without the models (device, output folder, weights present) is, before any model is loaded."""
     if args.test_FLOPs:

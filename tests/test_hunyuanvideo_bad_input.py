@@ -286,6 +286,74 @@ SAMPLE_BAD_INPUTS = [
         id="derivative-start-past-schedule",
     ),
     pytest.param([*CAT, "--factor-dtype", "int8"], "--factor-dtype: invalid choice", {}, id="factor-dtype"),
+    # caching method
+    pytest.param([*CAT, "--method", "magic"], "--method: invalid choice: 'magic'", {}, id="method"),
+    pytest.param(
+        [*CAT, "--method", "toca", "--interval", "0"],
+        "invalid --method toca setting: interval must be an int >= 1",
+        {},
+        id="method-setting",
+    ),
+    pytest.param(
+        [*CAT, "--method", "delta-dit", "--cached-blocks", "0"],
+        "--cached-blocks: expected an integer >= 1, got 0",
+        {},
+        id="cached-blocks-0",
+    ),
+    pytest.param(
+        [*CAT, "--method", "delta-dit", "--cached-blocks", "5"],
+        "--cached-blocks 5 exceeds the 4 blocks of HYVideo-tiny: use 1..4",
+        {},
+        id="cached-blocks-past-depth",
+    ),
+    pytest.param(
+        [*CAT, "--method", "delta-dit", "--delta-boundary", "1.5"],
+        "--delta-boundary: expected a finite number >= 0 and <= 1, got 1.5",
+        {},
+        id="delta-boundary",
+    ),
+    pytest.param(
+        [*CAT, "--method", "toca", "--fresh-ratio", "nan"],
+        "--fresh-ratio: expected a finite number >= 0 and <= 1, got 'nan'",
+        {},
+        id="fresh-ratio-nan",
+    ),
+    pytest.param(
+        [*CAT, "--method", "duca", "--fresh-ratio", "1.1"],
+        "--fresh-ratio: expected a finite number >= 0 and <= 1, got 1.1",
+        {},
+        id="fresh-ratio-high",
+    ),
+    pytest.param(
+        [*CAT, "--method", "toca", "--toca-score", "attention"],
+        "--toca-score: invalid choice: 'attention'",
+        {},
+        id="toca-score",
+    ),
+    pytest.param(
+        [*CAT, "--method", "toca", "--layer-schedule=1"],
+        "--layer-schedule/--no-layer-schedule: ignored explicit argument",
+        {},
+        id="layer-schedule",
+    ),
+    pytest.param(
+        [*CAT, "--method", "teacache", "--teacache-thresh", "-0.1"],
+        "--teacache-thresh: expected a finite number >= 0, got -0.1",
+        {},
+        id="teacache-thresh",
+    ),
+    pytest.param(
+        [*CAT, "--method", "teacache", "--teacache-thresh", "inf"],
+        "--teacache-thresh: expected a finite number >= 0, got 'inf'",
+        {},
+        id="teacache-thresh-inf",
+    ),
+    pytest.param(
+        [*CAT, "--method", "teacache", "--teacache-coefficients", "{tmp}/none.json"],
+        "argument --teacache-coefficients: ",
+        {},
+        id="teacache-coefficients",
+    ),
 ]
 
 

@@ -22,7 +22,9 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from common.checkpoint import CheckpointError
+from common.delta_dit import DeltaDiTCache, DeltaDiTConfig
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
+from common.teacache import TEACACHE_COEFFICIENTS, TeaCache, TeaCacheConfig
 from taylorseer_hunyuanvideo.pipeline import HunyuanVideoPipeline, check_video_size, latent_shape
 from taylorseer_hunyuanvideo.scheduler import euler_step, flow_match_sigmas, timesteps_from_sigmas
 from taylorseer_hunyuanvideo.text_encoders import (
@@ -315,6 +317,21 @@ def test_taylorseer_is_close_to_full_compute_and_resets_per_video(pipe):
     assert (first.num_full_steps, first.num_forecast_steps) == (2, 4)
     assert 1e-4 < relative_error(first.latents, full.latents) < 0.1
     assert 0 < relative_error(first.video, full.video) < 0.1
+    again = pipe(PROMPT, **VIDEO, num_inference_steps=6, seed=5, cache=cache)  # the same cache object, reset
+    torch.testing.assert_close(again.video, first.video, rtol=0, atol=0)
+
+
+def test_any_method_is_reset_with_the_step_count_before_each_video(pipe):
+    """The sampler is the same for every method: reset(num_steps) before each video (Δ-DiT's boundary and TeaCache's
+    always-computed last step need the count), and on_step reports what each step did, TeaCache's decisions too."""
+    delta = DeltaDiTCache(DeltaDiTConfig(interval=3, cached_blocks=2, boundary=0.5))
+    full_steps = pipe(PROMPT, **VIDEO, num_inference_steps=6, seed=5, cache=delta).num_full_steps
+    assert delta.num_steps == 6 and full_steps == 2  # steps 0 and 3
+    cache = TeaCache(TeaCacheConfig(threshold=0.15, coefficients=TEACACHE_COEFFICIENTS["hunyuanvideo"]))
+    steps = []
+    first = pipe(PROMPT, **VIDEO, num_inference_steps=6, seed=5, cache=cache, on_step=lambda i, t, f: steps.append(f))
+    assert steps[0] and steps[-1] and not all(steps)
+    assert (first.num_full_steps, first.num_forecast_steps) == (steps.count(True), steps.count(False))
     again = pipe(PROMPT, **VIDEO, num_inference_steps=6, seed=5, cache=cache)  # the same cache object, reset
     torch.testing.assert_close(again.video, first.video, rtol=0, atol=0)
 

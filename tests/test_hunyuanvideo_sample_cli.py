@@ -18,8 +18,10 @@ from hunyuanvideo_testing import TINY_MODEL, TINY_TEXT_LEN, write_official_check
 from common.integrity import file_sha256
 from common.run_records import read_records
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
+from common.teacache import TEACACHE_COEFFICIENTS, TeaCache, TeaCacheConfig
 from common.video_io import read_video, video_to_uint8_frames, write_video
 from taylorseer_hunyuanvideo import sample_video
+from taylorseer_hunyuanvideo.flops import teacache_step_flops
 from taylorseer_hunyuanvideo.pipeline import HunyuanVideoPipeline
 from taylorseer_hunyuanvideo.sample_video import (
     UsageError,
@@ -137,19 +139,20 @@ def assert_mp4_holds(path: Path, frames: np.ndarray, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------- FLOPs
 
 
-def test_flops_of_the_paper_setting_need_no_weights(tmp_path):
-    """480x640, 65 frames, 50 steps, N=5 O=1 E=1: the reported 5.00x (reference-semantics §4.5: 4.995)."""
-    command = [sys.executable, str(SCRIPT), *PAPER, "--test-FLOPs", "--model-base", str(tmp_path / "none")]
-    result = subprocess.run(command, capture_output=True, text=True, env=ENV, check=True)
-    report = last_json_line(result.stdout)
-    assert report["speedup"] == pytest.approx(5.00, abs=0.01)
-    assert (report["full_steps"], report["forecast_steps"]) == (10, 40)
+def test_flops_of_the_paper_setting_need_no_weights(tmp_path, capsys):
+    """480x640, 65 frames, 50 steps, N=5 O=1 E=1: the reported 5.00x (reference-semantics §4.5: 4.995), a full step of
+    ~595.4 TFLOPs and a forecast step of ~0.147, counted on the meta device over the real schedule."""
+    report = run_main([*PAPER, "--test-FLOPs", "--model-base", str(tmp_path / "none")])
+    assert report == last_json_line(capsys.readouterr().out)
+    assert report["speedup"] == pytest.approx(4.995, abs=5e-4)
+    assert (report["full_steps"], report["forecast_steps"], report["method"]) == (10, 40, "TaylorSeer N=5 O=1")
     assert report["full_step_tflops"] == pytest.approx(595.4, rel=2e-3)  # the reference's calflops count
     assert report["full_tflops"] == pytest.approx(50 * report["full_step_tflops"])
+    forecast = (report["tflops"] - 10 * report["full_step_tflops"]) / 40
+    assert forecast == pytest.approx(0.147, rel=0.05)
     assert (report["model"], report["height"], report["width"], report["video_length"]) == (
         "HYVideo-T/2-cfgdistill", 480, 640, 65
     )  # fmt: skip
-    assert "baseline:" in result.stdout and "TaylorSeer:" in result.stdout and "speedup:" in result.stdout
 
 
 def test_flops_follow_the_interval_and_the_cfg_batch(capsys):
@@ -170,7 +173,9 @@ def test_prompt_run_writes_taylorseer_mp4s_with_consecutive_seeds(ckpts, pipe, t
     assert names == [f"seed42_{PROMPTS[0]}.mp4", f"seed43_{PROMPTS[0]}.mp4"]
     assert (summary["full_steps"], summary["forecast_steps"]) == (2, 4)  # the paper's N=5, O=1, E=1 over 6 steps
     out = capsys.readouterr().out
-    assert len(re.findall(r"Success, time: \d+\.\d+ s \(TaylorSeer: 2 full, 4 forecast steps", out)) == 2
+    assert len(re.findall(r"Success, time: \d+\.\d+ s \(TaylorSeer N=5 O=1: 2 full, 4 forecast steps", out)) == 2
+    assert summary["method"] == "TaylorSeer N=5 O=1" and summary["flops"]["video_tflops"] == [
+        pytest.approx(summary["flops"]["tflops"] / 2)] * 2  # fmt: skip
     for seed, path in zip((42, 43), summary["videos"], strict=True):
         assert_mp4_holds(Path(path), expected_frames(pipe, PROMPTS[0], seed), tmp_path)
     assert not np.array_equal(read_video(summary["videos"][0]), read_video(summary["videos"][1]))
@@ -183,8 +188,51 @@ def test_prompt_run_writes_taylorseer_mp4s_with_consecutive_seeds(ckpts, pipe, t
     again = run_main(tiny_argv(ckpts, tmp_path, "--prompt", PROMPTS[0], "--num-videos", "2"))
     assert (again["videos"], again["skipped"], again["total"]) == ([], 2, 2)
     assert [Path(path).stat().st_mtime_ns for path in summary["videos"]] == mtimes
-    with pytest.raises(UsageError, match=r"(?s)2 conflicting files.*seed42_a cat sitting on a table\.mp4: taylorseer"):
+    conflict = r"(?s)2 conflicting files.*seed42_a cat sitting on a table\.mp4: method .*'interval': 5.*'interval': 1"
+    with pytest.raises(UsageError, match=conflict):
         run_main(tiny_argv(ckpts, tmp_path, "--prompt", PROMPTS[0], "--num-videos", "2", "--interval", "1"))
+
+
+def test_another_method_is_recorded_and_never_mixed_with_the_first(ckpts, pipe, tmp_path, capsys):
+    """TeaCache at HunyuanVideo's defaults (TeaCache4HunyuanVideo's polynomial, threshold 0.15): the video of the
+    python API with the same cache, the method and its settings in metadata.jsonl, the FLOPs from its step counts;
+    a rerun with another method is refused."""
+    name = f"seed42_{PROMPTS[0]}.mp4"
+    summary = run_main(tiny_argv(ckpts, tmp_path, "--prompt", PROMPTS[0], "--method", "teacache"))
+    cache = TeaCache(TeaCacheConfig(threshold=0.15, coefficients=TEACACHE_COEFFICIENTS["hunyuanvideo"]))
+    out = pipe(PROMPTS[0], height=32, width=32, video_length=5, num_inference_steps=6, seed=42, cache=cache)
+    assert_mp4_holds(tmp_path / name, video_to_uint8_frames(out.video), tmp_path)
+    assert (summary["full_steps"], summary["forecast_steps"]) == (3, 3) == (cache.num_full_steps, 3)
+    assert summary["method"] == "TeaCache l=0.15"
+    assert re.search(r"Success, time: \d+\.\d+ s \(TeaCache l=0\.15: 3 full, 3 forecast steps", capsys.readouterr().out)
+    record = read_records(tmp_path / "metadata.jsonl")[name]
+    coefficients = list(TEACACHE_COEFFICIENTS["hunyuanvideo"])
+    assert record["method"] == {"method": "teacache", "threshold": 0.15, "coefficients": coefficients}
+    baseline, computed, skipped = teacache_step_flops(TINY_MODEL, 1, (2, 4, 4), TINY_TEXT_LEN)
+    assert summary["flops"]["tflops"] == pytest.approx((3 * computed + 3 * skipped) / 1e12)
+    assert summary["flops"]["full_tflops"] == pytest.approx(6 * baseline / 1e12)
+    with pytest.raises(UsageError, match=rf"(?s){re.escape(name)}: method .*'teacache'.*'toca'"):
+        run_main(tiny_argv(ckpts, tmp_path, "--prompt", PROMPTS[0], "--method", "toca"))
+
+
+def test_flags_of_another_method_are_named_in_a_warning(capsys):
+    tiny = ["--model", TINY_MODEL, "--video-size", "32", "32", "--video-length", "5", "--test-FLOPs"]
+    report = run_main([*tiny, "--method", "toca", "--max-order", "2", "--teacache-thresh", "0.3", "--interval", "3"])
+    assert report["method"] == "ToCa N=3 R=0.1"
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: --max-order is not a setting of --method toca and is ignored: it is read by --method taylorseer",
+        "warning: --teacache-thresh is not a setting of --method toca and is ignored: it is read by --method teacache",
+    ]
+
+
+def test_teacache_flops_are_per_step_kind_without_a_run(capsys):
+    tiny = ["--model", TINY_MODEL, "--video-size", "32", "32", "--video-length", "5", "--test-FLOPs"]
+    report = run_main([*tiny, "--method", "teacache", "--infer-steps", "10"])
+    baseline, computed, skipped = teacache_step_flops(TINY_MODEL, 1, (2, 4, 4), 256)
+    assert (report["computed_step_tflops"], report["skipped_step_tflops"]) == (computed / 1e12, skipped / 1e12)
+    assert report["full_tflops"] == pytest.approx(10 * baseline / 1e12) and "speedup" not in report
+    assert "depends on each video, so a run reports its FLOPs from its step counts" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------------------- VBench
@@ -209,7 +257,8 @@ def test_vbench_mode_names_seeds_range_and_resume(ckpts, pipe, prompt_json, tmp_
     assert ["sha256" in r for r in records] == [False] * 4 + [True] * 4
     assert_records_match_files(tmp_path / "videos")
     assert (records[0]["infer_steps"], records[0]["video_length"], records[0]["flow_reverse"]) == (6, 5, True)
-    assert records[0]["taylorseer"]["interval"] == 5 and records[0]["precision"] == "float32"
+    assert records[0]["method"]["method"] == "taylorseer" and records[0]["method"]["interval"] == 5
+    assert records[0]["precision"] == "float32"
     assert re.fullmatch("[0-9a-f]{16}", records[0]["weights_id"])
     for k in (0, 1):
         assert_mp4_holds(tmp_path / "videos" / expected[2 + k], expected_frames(pipe, PROMPTS[2], 42 + k), tmp_path)
