@@ -179,8 +179,10 @@ def narrow_params(params: HunyuanVideoParams) -> HunyuanVideoParams:
 def schedule_step_kinds(params: HunyuanVideoParams, make: Callable[[], CacheMethod], num_steps: int) -> list[StepKind]:
     """The kind of every step of a ``num_steps``-step run with the cache ``make()`` builds, from a run of the narrow
     stand-in of ``params`` (:func:`narrow_params`) on the CPU."""
-    torch.manual_seed(0)  # the stand-in's weights: its decisions do not depend on them, its numbers stay finite
-    stand_in = HunyuanVideo(narrow_params(params)).eval()
+    # Seeded default weights (its decisions do not depend on them), drawn without touching the caller's generator.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        stand_in = HunyuanVideo(narrow_params(params)).eval()
     pt, ph, pw = params.patch_size
     inputs = forward_inputs(stand_in.params, 1, (pt, 2 * ph, 2 * pw), 2, "cpu")  # 4 image and 2 text tokens
     cache = make()

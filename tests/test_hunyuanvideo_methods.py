@@ -238,9 +238,11 @@ def test_flops_counted_by_step_kind_equal_a_real_runs(model, argv) -> None:
 
 def test_step_kinds_follow_the_schedule() -> None:
     method, config = parse("--method", "duca", "--interval", "4")
+    generator = torch.random.get_rng_state()
     kinds = schedule_step_kinds(TINY, lambda: make_cache(method, config), STEPS)
     every = (0, 1, 2, 3)
     assert kinds == [(True, every), (False, every), (False, ()), (False, every)] * 2
+    assert torch.equal(torch.random.get_rng_state(), generator)  # the stand-in's weights leave the caller's alone
 
 
 def test_toca_cached_step_flops_by_hand(model) -> None:
