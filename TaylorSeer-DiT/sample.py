@@ -1,13 +1,19 @@
-"""Sample class-conditional images from a DiT with TaylorSeer feature forecasting.
+"""Sample class-conditional images from a DiT with a training-free caching method (TaylorSeer by default).
 
     python TaylorSeer-DiT/sample.py                       # bundled digits model: full vs FORA vs TaylorSeer
+    python TaylorSeer-DiT/sample.py --method toca         # full vs FORA vs ToCa (any --method, same N)
     python TaylorSeer-DiT/sample.py --model DiT-XL/2 --ddim-sample --num-sampling-steps 50 --interval 5 --max-order 3
     python TaylorSeer-DiT/sample.py --model DiT-XL/2 --ddim-sample --num-sampling-steps 50 --interval 5 --test-FLOPs
 
 Flags follow the TaylorSeer reference (and upstream DiT); ``--interval 1`` is the uncached model. Sampling flags
 left unset take the chosen model's defaults (upstream DiT's for DiT-XL/2, see defaults.py). By default the same
-seeds are sampled with full compute, FORA (order 0) and TaylorSeer, one grid row each; ``--no-compare`` runs only
-the configured method.
+seeds are sampled with full compute, FORA (order 0, the same N) and ``--method``, one grid row each (two rows when
+the method is full compute or FORA); ``--no-compare`` runs only ``--method``.
+
+FLOPs speedups over full compute come in two counts. "ref." is the TaylorSeer paper's count (transformer blocks,
+adaLN as MACs) of a schedule, for TaylorSeer and FORA only, whose cost the schedule fixes. "matmul" counts every
+matmul of one more, untimed run of each method (torch's FlopCounterMode): exact for every method, ToCa's partial
+tokens and TeaCache's run-dependent skips included.
 
 Each method is timed ``--timing-repeats`` times, interleaved with the others, and the table shows the fastest run:
 one run on a busy machine can swing several-fold. A wall speedup above the FLOPs speedup can only be such noise and
@@ -20,19 +26,20 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from common.cli import MAX_SEED, HelpFormatter, check_output_file, int_range, parse_device, run_cli, warn
-from common.flops import FlopsReport
+from common.flops import FlopsReport, count_flops
 from common.images import save_grid, save_labeled_rows
 from common.integrity import check_finite
-from common.taylor_cache import TaylorCache, TaylorSeerConfig
+from common.methods import MethodConfig, describe, make_cache, method_record
+from common.taylor_cache import TaylorSeerConfig
 from taylorseer_dit.diffusion import create_diffusion
-from taylorseer_dit.flops import dit_flops_reports, reference_step_flops
+from taylorseer_dit.flops import dit_flops_reports, matmul_step_flops, reference_step_flops
 from taylorseer_dit.models import DiT, DiT_models
 from taylorseer_dit.pipeline import SamplingResult, decode_latents, sample_dit
 from taylorseer_dit.sampling_args import (
@@ -40,12 +47,16 @@ from taylorseer_dit.sampling_args import (
     add_model_args,
     check_device,
     check_model_args,
+    fora_config,
     latent_scale,
     load_model_and_vae,
+    warn_about_teacache_fit,
     weights_id,
 )
 
 FULL = TaylorSeerConfig(interval=1)
+# Methods whose cost a schedule fixes, so that the paper's reference count applies; --test-FLOPs counts only these.
+SCHEDULED = ("full", "taylorseer", "fora")
 # Timed runs per method when comparing: the minimum of a few interleaved runs is what the machine can do; one run
 # on a loaded machine swings from 1.8x to 7.5x.
 COMPARE_TIMING_REPEATS = 3
@@ -65,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="sample full compute, FORA and TaylorSeer on the same seeds; --no-compare: only TaylorSeer",
+        help="sample full compute, FORA (same N) and --method on the same seeds; --no-compare: only --method",
     )
     parser.add_argument("--output", default="sample.png", help="PNG grid path; .npy files go next to it")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
@@ -78,14 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--test-FLOPs",
         action="store_true",
-        help="print baseline and accelerated FLOPs for these settings and exit (needs no weights)",
+        help="print baseline and accelerated FLOPs for these settings and exit (needs no weights; full, taylorseer "
+        "and fora only: the other methods' FLOPs are counted during their run)",
     )
     return parser
 
 
-def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TaylorSeerConfig:
-    """Fill the model's defaults into unset flags, validate everything, and return the TaylorSeer config."""
+def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> MethodConfig:
+    """Fill the model's defaults into unset flags, validate everything, and return the config of --method."""
     config = check_model_args(args, parser)
+    if args.test_FLOPs and args.method not in SCHEDULED:
+        parser.error(
+            f"--test-FLOPs counts the schedules of {', '.join(SCHEDULED)} without weights; --method {args.method} "
+            "decides during the run: drop --test-FLOPs, and its matmul FLOPs are counted while it samples"
+        )
     bad = [label for label in args.class_labels if not 0 <= label < args.num_classes]
     if bad:
         parser.error(f"--class-labels {bad} are outside [0, {args.num_classes - 1}]")
@@ -107,19 +124,21 @@ def cfg_batch(args: argparse.Namespace) -> int:
     return len(args.class_labels) * (2 if args.cfg_scale > 1.0 else 1)
 
 
-def print_flops(args: argparse.Namespace, config: TaylorSeerConfig) -> None:
-    """FLOPs of this run computed on the meta device: no weights, no memory."""
+def print_flops(args: argparse.Namespace, config: TaylorSeerConfig | None) -> None:
+    """FLOPs of this run (full compute, TaylorSeer or FORA) computed on the meta device: no weights, no memory."""
     batch = cfg_batch(args)
-    reports = dit_flops_reports(meta_model(args), batch, args.num_sampling_steps, config)
+    schedule = config or FULL
+    reports = dit_flops_reports(meta_model(args), batch, args.num_sampling_steps, schedule)
     print(
         f"{args.model}, {args.image_size}x{args.image_size}, {args.num_sampling_steps} steps, batch {batch} "
-        f"(CFG-doubled: {args.cfg_scale > 1.0}), N={config.interval} O={config.max_order} E={config.first_enhance}"
+        f"(CFG-doubled: {args.cfg_scale > 1.0}), {describe(args.method, config)}, "
+        f"N={schedule.interval} O={schedule.max_order} E={schedule.first_enhance}"
     )
-    header = ("convention", "baseline TFLOPs", "TaylorSeer TFLOPs", "speedup", "full", "forecast")
-    print("{:<10} {:>16} {:>18} {:>8} {:>5} {:>9}".format(*header))
+    header = ("convention", "baseline TFLOPs", "method TFLOPs", "speedup", "full", "forecast")
+    print("{:<10} {:>16} {:>14} {:>8} {:>5} {:>9}".format(*header))
     for report in reports.values():
         print(
-            f"{report.convention:<10} {report.baseline_flops / 1e12:>16.4f} {report.flops / 1e12:>18.4f} "
+            f"{report.convention:<10} {report.baseline_flops / 1e12:>16.4f} {report.flops / 1e12:>14.4f} "
             f"{report.speedup:>7.3f}x {report.num_full_steps:>5} {report.num_forecast_steps:>9}"
         )
     print(
@@ -138,23 +157,32 @@ def print_flops(args: argparse.Namespace, config: TaylorSeerConfig) -> None:
 
 @dataclass(frozen=True)
 class Method:
-    name: str
-    config: TaylorSeerConfig | None
+    key: str
+    """The --method name: full, taylorseer, fora, delta-dit, toca, duca or teacache."""
+    config: MethodConfig
     """None = the plain model with no cache."""
 
     @property
+    def name(self) -> str:
+        """The row label, e.g. "TaylorSeer N=4 O=4"."""
+        return describe(self.key, self.config)
+
+    @property
     def short_name(self) -> str:
-        """The suffix of the method's .npy file: full, fora or taylorseer."""
-        return self.name.split()[0].lower()
+        """The suffix of the method's .npy file: its --method name."""
+        return self.key
 
 
-def methods_to_run(args: argparse.Namespace, config: TaylorSeerConfig) -> list[Method]:
-    taylorseer = Method(f"TaylorSeer N={config.interval} O={config.max_order}", config)
+def methods_to_run(args: argparse.Namespace, config: MethodConfig) -> list[Method]:
+    """--no-compare: the chosen method. --compare: full compute, FORA with the same N, and the chosen method unless
+    one of those two already is it (full, FORA, or TaylorSeer of order 0, which is FORA bit for bit)."""
+    chosen = Method(args.method, config)
     if not args.compare:
-        return [taylorseer]
-    fora = replace(config, max_order=0)
-    methods = [Method("full compute", None), Method(f"FORA N={config.interval}", fora)]
-    return methods + ([taylorseer] if config.max_order > 0 else [])
+        return [chosen]
+    rows = [Method("full", None), Method("fora", fora_config(args))]
+    if args.method in ("full", "fora") or (args.method == "taylorseer" and config.max_order == 0):
+        return rows
+    return [*rows, chosen]
 
 
 # Output files, checked before any weights are read.
@@ -205,18 +233,24 @@ def time_methods(
     return timed
 
 
+def flops_ceiling(entry: dict) -> float:
+    """The larger of a method's FLOPs speedups: a wall speedup above both can only be noise (either count leaves out
+    some work: the reference count everything outside the blocks, the matmul count the elementwise work)."""
+    return max(s for s in (entry["flops_speedup"], entry["matmul_speedup"]) if s is not None)
+
+
 def noise_warnings(entries: Sequence[dict]) -> list[str]:
     """A warning for each method whose wall speedup exceeds its FLOPs speedup: skipping work cannot save more time
     than the work takes, so such a figure is timing noise."""
     return [
-        f"{m['method']}: wall speedup {m['wall_speedup']:.2f}x exceeds its FLOPs speedup {m['flops_speedup']:.2f}x, "
+        f"{m['method']}: wall speedup {m['wall_speedup']:.2f}x exceeds its FLOPs speedup {flops_ceiling(m):.2f}x, "
         "which can only be noise of a busy machine; rerun on an idle one or with a larger --timing-repeats"
         for m in entries
-        if m["wall_speedup"] is not None and m["wall_speedup"] > m["flops_speedup"]
+        if m["wall_speedup"] is not None and m["wall_speedup"] > flops_ceiling(m)
     ]
 
 
-def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
+def main(args: argparse.Namespace, config: MethodConfig) -> dict:
     if args.test_FLOPs:
         print_flops(args, config)
         return {}
@@ -225,37 +259,39 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
     device = parse_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     model, vae = load_model_and_vae(args, device)
+    # Which weights made the grid, by content: the file name alone says nothing (every train.py checkpoint is last.pt).
+    weights = weights_id(args)
+    warn_about_teacache_fit(args)
     diffusion = create_diffusion(str(args.num_sampling_steps))
     if len(methods) > 1:
         # One short untimed run first, so that one-time start-up costs are not billed to the first method.
         sample_dit(model, create_diffusion("2"), args.class_labels[:1], cfg_scale=args.cfg_scale, ddim=True)
 
-    def sample_once(method: Method) -> SamplingResult:
-        cache = None if method.config is None or method.config.is_uncached else TaylorCache(method.config)
+    def sample_once(method: Method, progress: bool = True) -> SamplingResult:
         result = sample_dit(
             model,
             diffusion,
             args.class_labels,
             cfg_scale=args.cfg_scale,
-            cache=cache,
+            cache=make_cache(method.key, method.config),
             ddim=args.ddim_sample,
             seed=args.seed,
-            progress=True,
+            progress=progress,
         )
         check_finite(result.samples, f"the {method.name} samples", NAN_SUSPECTS)
         return result
 
     timed = time_methods(methods, sample_once, args.timing_repeats)
+    counted = counted_matmul_flops(methods, sample_once)
     rows = {name: decoded(vae, entry.result.samples, name) for name, entry in timed.items()}
-    summary = summarize(args, config, methods, timed)
+    summary = summarize(args, methods, timed, counted)
     if args.compare:
         save_labeled_rows(rows, output)
     else:
         save_grid(next(iter(rows.values())), output)
     summary["grid"] = str(output)
-    # Which weights made the grid, by content: the file name alone says nothing (every train.py checkpoint is last.pt).
     summary["ckpt"] = None if args.ckpt is None else str(args.ckpt)
-    summary["weights_id"] = weights_id(args)
+    summary["weights_id"] = weights
     if vae is None:
         summary["raw"] = _save_raw(methods, timed, output)
     _print_table(summary)
@@ -264,6 +300,25 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
     print(f"saved {output}" + (f" and {', '.join(summary['raw'])}" if vae is None else ""))
     print(json.dumps(summary))
     return summary
+
+
+def counted_matmul_flops(
+    methods: Sequence[Method], sample_once: Callable[[Method, bool], SamplingResult]
+) -> dict[str, float]:
+    """Method name -> the FLOPs of every matmul of one more run of it, untimed (the counter slows every operation):
+    what the method actually computed, whatever it decided during the run. Methods that run the plain model are
+    left out: their count is full compute's, known without running (:func:`full_matmul_flops`)."""
+    return {
+        method.name: float(count_flops(lambda method=method: sample_once(method, False)))
+        for method in methods
+        if make_cache(method.key, method.config) is not None
+    }
+
+
+def full_matmul_flops(args: argparse.Namespace) -> float:
+    """Every matmul of a full-compute run, counted on the meta device: steps x one CFG-batched forward (the sampler
+    around the model runs no matmul)."""
+    return args.num_sampling_steps * matmul_step_flops(meta_model(args), cfg_batch(args))[0]
 
 
 def decoded(vae, samples: torch.Tensor, method_name: str) -> torch.Tensor:
@@ -275,24 +330,35 @@ def decoded(vae, samples: torch.Tensor, method_name: str) -> torch.Tensor:
     return images
 
 
-def summarize(
-    args: argparse.Namespace, config: TaylorSeerConfig, methods: Sequence[Method], timed: dict[str, Timed]
-) -> dict:
-    """One entry per method: steps, FLOPs and wall speedups (fastest runs), error against full compute."""
+def reference_speedup(args: argparse.Namespace, method: Method) -> float | None:
+    """The FLOPs speedup under the TaylorSeer paper's count, for the methods whose cost their schedule fixes."""
+    if method.key not in SCHEDULED:
+        return None
     step_flops = reference_step_flops(meta_model(args), cfg_batch(args))
+    return FlopsReport.for_schedule("reference", *step_flops, args.num_sampling_steps, method.config or FULL).speedup
+
+
+def summarize(
+    args: argparse.Namespace, methods: Sequence[Method], timed: dict[str, Timed], counted: dict[str, float]
+) -> dict:
+    """One entry per method: its settings, steps, FLOPs and wall speedups (fastest runs), error against full compute."""
+    full_flops = full_matmul_flops(args)
     reference = timed[methods[0].name]
-    summary = {"timing_repeats": args.timing_repeats, "methods": []}
+    summary = {"timing_repeats": args.timing_repeats, "full_matmul_tflops": full_flops / 1e12, "methods": []}
     for method in methods:
         entry, result = timed[method.name], timed[method.name].result
-        flops = FlopsReport.for_schedule("reference", *step_flops, args.num_sampling_steps, method.config or FULL)
+        flops = counted.get(method.name, full_flops)
         summary["methods"].append(
             {
                 "method": method.name,
+                "settings": method_record(method.key, method.config) or {"method": method.key},
                 "seconds": entry.best,
                 "seconds_all": entry.seconds,
                 "full_steps": result.num_full_steps,
                 "forecast_steps": result.num_forecast_steps,
-                "flops_speedup": flops.speedup,
+                "flops_speedup": reference_speedup(args, method),
+                "matmul_speedup": full_flops / flops,
+                "matmul_tflops": flops / 1e12,
                 "wall_speedup": reference.best / entry.best if len(methods) > 1 else None,
                 "rel_l2_vs_full": _relative_error(result.samples, reference.result.samples) if args.compare else None,
             }
@@ -314,17 +380,25 @@ def _save_raw(methods: Sequence[Method], timed: dict[str, Timed], output: Path) 
     return paths
 
 
+def _speedup(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"
+
+
 def _print_table(summary: dict) -> None:
     seconds = f"seconds, min of {summary['timing_repeats']}"
-    print(f"{'method':<24} {'full':>5} {'forecast':>9} {'FLOPs speedup':>14} {seconds:>19} {'wall speedup':>13} "
-          f"{'rel. L2 vs full':>16}")  # fmt: skip
+    print(f"{'method':<22} {'full':>5} {'cached':>7} {'ref. speedup':>13} {'matmul speedup':>15} {seconds:>19} "
+          f"{'wall speedup':>13} {'rel. L2 vs full':>16}")  # fmt: skip
     for m in summary["methods"]:
-        wall = "" if m["wall_speedup"] is None else f"{m['wall_speedup']:.2f}x"
         error = "" if m["rel_l2_vs_full"] is None else f"{m['rel_l2_vs_full']:.4f}"
         print(
-            f"{m['method']:<24} {m['full_steps']:>5} {m['forecast_steps']:>9} {m['flops_speedup']:>13.2f}x "
-            f"{m['seconds']:>19.2f} {wall:>13} {error:>16}"
+            f"{m['method']:<22} {m['full_steps']:>5} {m['forecast_steps']:>7} {_speedup(m['flops_speedup']):>13} "
+            f"{_speedup(m['matmul_speedup']):>15} {m['seconds']:>19.2f} {_speedup(m['wall_speedup']):>13} "
+            f"{error:>16}"
         )
+    print(
+        "FLOPs speedups over full compute: ref. = the TaylorSeer paper's count of the schedule (TaylorSeer and FORA "
+        "only); matmul = every matmul, counted during an untimed run of the method"
+    )
     print("Total sampling took " + ", ".join(f"{m['seconds']:.2f}" for m in summary["methods"]) + " seconds")
 
 

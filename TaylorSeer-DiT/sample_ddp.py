@@ -1,15 +1,20 @@
-"""Sample many class-conditional images with DiT + TaylorSeer on one or more processes, packed for FID evaluation.
+"""Sample many class-conditional images with DiT and a caching method (TaylorSeer by default) on one or more
+processes, packed for FID evaluation.
 
     torchrun --nproc_per_node=8 TaylorSeer-DiT/sample_ddp.py --model DiT-XL/2 --image-size 256 \\
         --ddim-sample --num-sampling-steps 50 --interval 5 --max-order 3 --num-fid-samples 50000
     python TaylorSeer-DiT/sample_ddp.py --num-fid-samples 1000       # one process, the bundled digits model
+    python TaylorSeer-DiT/sample_ddp.py --num-fid-samples 1000 --method toca --fresh-ratio 0.2
 
 Every sample index i has its own seed, drawn from (--global-seed, i): its class label, its initial noise and, for DDPM,
 its per-step noise. Indices are sampled in fixed global batches of --per-proc-batch-size consecutive indices, batch j on
 rank j % K, so the images are bit-identical whatever the number of processes K. Each image is written atomically as
-{sample-dir}/{name}/{i:06d}.png, where {name} holds every setting that changes the images and a fingerprint of the
-weights' content (every train.py checkpoint is called last.pt). {name}/metadata.jsonl records each PNG's settings,
-weights fingerprint and, once written, its SHA-256.
+{sample-dir}/{name}/{i:06d}.png, where {name} holds every setting that changes the images, the caching method and its
+settings included, and a fingerprint of the weights' content (every train.py checkpoint is called last.pt), so that
+two methods never share a folder. {name}/metadata.jsonl records each PNG's settings (``method``: the method and its
+settings, None for the plain model however asked: --method full, or --interval 1), weights fingerprint and, once
+written, its SHA-256. Records written before --method existed (TaylorSeer's settings as top-level keys) are read as
+today's, so that such a folder resumes.
 
 Rerunning the same command after an interruption samples only the batches with missing PNGs. A folder whose records
 name other settings or weights is refused; a PNG whose bytes differ from its recorded checksum (truncated, swapped), or
@@ -37,6 +42,7 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
+from common.caching import CacheMethod
 from common.cli import (
     MAX_SEED,
     HelpFormatter,
@@ -49,6 +55,7 @@ from common.distributed import Distributed, setup_distributed
 from common.images import to_uint8
 from common.integrity import check_finite, verify_png
 from common.io import atomic_write, remove_stale_temps
+from common.methods import MethodConfig, make_cache, method_record
 from common.run_records import (
     CHECKSUM,
     RECORDS_FILE,
@@ -59,7 +66,6 @@ from common.run_records import (
     set_aside_damaged,
     sync_records,
 )
-from common.taylor_cache import TaylorCache, TaylorSeerConfig, full_step_indices
 from taylorseer_dit.checkpoints import find_dit_checkpoint
 from taylorseer_dit.defaults import BUNDLED_MODEL
 from taylorseer_dit.diffusion import GaussianDiffusion, create_diffusion
@@ -71,6 +77,7 @@ from taylorseer_dit.sampling_args import (
     check_device,
     check_model_args,
     load_model_and_vae,
+    warn_about_teacache_fit,
     weights_id,
 )
 
@@ -118,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TaylorSeerConfig:
+def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> MethodConfig:
     """Fill the per-model defaults, then exit through ``parser.error`` on any invalid flag."""
     config = check_model_args(args, parser)
     if args.vae == "none" and args.in_channels not in (1, 3):
@@ -129,7 +136,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Tay
     return config
 
 
-def folder_name(args: argparse.Namespace, config: TaylorSeerConfig, weights: str) -> str:
+def folder_name(args: argparse.Namespace, config: MethodConfig, weights: str) -> str:
     """Name of the run's folder: every setting that changes the images, so that a rerun resumes only its own run.
 
     ``weights`` is the weights' content fingerprint: every train.py checkpoint is called last.pt, so the file name
@@ -142,20 +149,41 @@ def folder_name(args: argparse.Namespace, config: TaylorSeerConfig, weights: str
     name = (
         f"{args.model.replace('/', '-')}-{stem}-{weights[:FOLDER_ID_CHARS]}-size-{args.image_size}-vae-{args.vae}"
         f"-cfg-{args.cfg_scale}-seed-{args.global_seed}-{sampler}{args.num_sampling_steps}"
-        f"-N{config.interval}-O{config.max_order}-E{config.first_enhance}"
     )
-    if config.derivative_start_step:
-        name += f"-D{config.derivative_start_step}"
-    if args.factor_dtype != "auto":
-        name += f"-F{args.factor_dtype}"
-    return name
+    return name + method_suffix(args.method, config)
+
+
+def method_suffix(method: str, config: MethodConfig) -> str:
+    """The method and each of its settings, for the folder name: TaylorSeer's is its schedule (-N-O-E, as before
+    there were other methods), every other method's starts with its --method name, the plain model's is -full."""
+    if is_plain(method, config):
+        return "-full"
+    if method in ("taylorseer", "fora"):
+        if method == "fora":
+            name = f"-fora-N{config.interval}-E{config.first_enhance}"
+        else:
+            name = f"-N{config.interval}-O{config.max_order}-E{config.first_enhance}"
+        if config.derivative_start_step:
+            name += f"-D{config.derivative_start_step}"
+        if config.factor_dtype is not None:
+            name += "-F" + str(config.factor_dtype).removeprefix("torch.")
+        return name
+    if method == "delta-dit":
+        return f"-delta-dit-N{config.interval}-k{config.cached_blocks}-b{config.boundary:g}-E{config.first_enhance}"
+    if method in ("toca", "duca"):
+        schedule = "" if config.layer_schedule else "-flat"
+        return f"-{method}-N{config.interval}-R{config.fresh_ratio:g}-{config.score}{schedule}-E{config.first_enhance}"
+    # TeaCache: the polynomial by an 8-hex digest of its values, whichever name or file gave it.
+    digest = hashlib.sha256(json.dumps(list(config.coefficients)).encode()).hexdigest()[:FOLDER_ID_CHARS]
+    return f"-teacache-l{config.threshold:g}-c{digest}"
 
 
 # What each PNG is, in {folder}/metadata.jsonl.
 
 
-def image_settings(args: argparse.Namespace, config: TaylorSeerConfig, weights: str) -> dict:
-    """Everything that determines the images, ``weights_id`` included; plus the paths, as uncompared information."""
+def image_settings(args: argparse.Namespace, config: MethodConfig, weights: str) -> dict:
+    """Everything that determines the images, ``weights_id`` and the method's settings included; plus the paths, as
+    uncompared information."""
     return {
         "model": args.model,
         "weights_id": weights,
@@ -167,14 +195,42 @@ def image_settings(args: argparse.Namespace, config: TaylorSeerConfig, weights: 
         "sampler": "ddim" if args.ddim_sample else "ddpm",
         "num_sampling_steps": args.num_sampling_steps,
         "global_seed": args.global_seed,
-        "interval": config.interval,
-        "max_order": config.max_order,
-        "first_enhance": config.first_enhance,
-        "derivative_start_step": config.derivative_start_step,
-        "factor_dtype": args.factor_dtype,
+        "method": method_settings(args.method, config),
         "ckpt": str(find_dit_checkpoint(args.model, args.image_size, args.ckpt).absolute()),
         "vae_path": args.vae_path,
     }
+
+
+def is_plain(method: str, config: MethodConfig) -> bool:
+    """Whether the run is the plain model: --method full, or a TaylorSeer/FORA schedule of every step (--interval 1)."""
+    return make_cache(method, config) is None
+
+
+def method_settings(method: str, config: MethodConfig) -> dict | None:
+    """``{"method": name, **its settings}`` as JSON values; None for the plain model, one setting however asked."""
+    return None if is_plain(method, config) else method_record(method, config)
+
+
+# Before --method, records held TaylorSeer's settings as top-level keys, factor_dtype "auto" for the features' own.
+LEGACY_TAYLORSEER_KEYS = ("interval", "max_order", "first_enhance", "derivative_start_step", "factor_dtype")
+
+
+def upgrade_record(record: dict) -> dict:
+    """A record written before --method existed as today's record of the same run, so that its folder resumes
+    instead of being refused as made with other settings; today's records are returned as they are."""
+    if "method" in record or "interval" not in record:
+        return record
+    upgraded = {key: value for key, value in record.items() if key not in LEGACY_TAYLORSEER_KEYS}
+    old = {key: record.get(key) for key in LEGACY_TAYLORSEER_KEYS}
+    old["factor_dtype"] = None if old["factor_dtype"] == "auto" else old["factor_dtype"]
+    # An interval of 1 computed every step: the plain model.
+    upgraded["method"] = None if old["interval"] == 1 else {"method": "taylorseer", **old}
+    return upgraded
+
+
+def read_image_records(folder: Path) -> dict[str, dict]:
+    """File name -> record of the folder's metadata.jsonl, in today's form (:func:`upgrade_record`)."""
+    return {name: upgrade_record(record) for name, record in read_records(folder / RECORDS_FILE).items()}
 
 
 def plan_records(num_samples: int, settings: Mapping) -> dict[str, dict]:
@@ -305,7 +361,8 @@ def pack_npz(folder: Path, num_samples: int, path: Path, image_size: int) -> tup
 
 @dataclass
 class RankStats:
-    """This rank's share of the work; full/forecast steps are those of one sampling trajectory."""
+    """This rank's share of the work. Full/forecast steps are those of one sampling trajectory (the last batch's:
+    TeaCache decides them per batch, so ``full_steps_sum`` adds up every sampled batch's)."""
 
     batches_sampled: int = 0
     batches_skipped: int = 0
@@ -313,12 +370,14 @@ class RankStats:
     sampling_seconds: float = 0.0
     full_steps: int | None = None
     forecast_steps: int | None = None
+    full_steps_sum: int = 0
 
     def add(self, result: SamplingResult, written: int) -> None:
         self.batches_sampled += 1
         self.samples_written += written
         self.sampling_seconds += result.seconds
         self.full_steps, self.forecast_steps = result.num_full_steps, result.num_forecast_steps
+        self.full_steps_sum += result.num_full_steps
 
 
 @dataclass
@@ -326,17 +385,17 @@ class Sampler:
     """What a rank needs to turn a global batch of indices into images."""
 
     args: argparse.Namespace
-    config: TaylorSeerConfig
+    config: MethodConfig
     model: DiT
     diffusion: GaussianDiffusion
-    cache: TaylorCache | None
+    cache: CacheMethod | None
     vae: AutoencoderKL | None
 
     @classmethod
-    def load(cls, args: argparse.Namespace, config: TaylorSeerConfig, device: torch.device) -> Sampler:
+    def load(cls, args: argparse.Namespace, config: MethodConfig, device: torch.device) -> Sampler:
         model, vae = load_model_and_vae(args, device)
         # One cache per process; sample_dit resets it for every batch.
-        cache = None if config.is_uncached else TaylorCache(config)
+        cache = make_cache(args.method, config)
         return cls(args, config, model, create_diffusion(str(args.num_sampling_steps)), cache, vae)
 
     def images(self, indices: range) -> tuple[np.ndarray, SamplingResult]:
@@ -385,9 +444,21 @@ def sample_rank_batches(sampler: Sampler, setup: Distributed, folder: Path, plan
             record_written(records, planned[path.name], path)
         stats.add(result, len(missing))
     if stats.full_steps is None:  # nothing left to sample: report the schedule the batches were sampled with
-        stats.full_steps = len(full_step_indices(args.num_sampling_steps, sampler.config))
-        stats.forecast_steps = args.num_sampling_steps - stats.full_steps
+        stats.full_steps = planned_full_steps(args.method, sampler.config, args.num_sampling_steps)
+        stats.forecast_steps = None if stats.full_steps is None else args.num_sampling_steps - stats.full_steps
     return stats
+
+
+def planned_full_steps(method: str, config: MethodConfig, num_steps: int) -> int | None:
+    """Full steps of a ``num_steps``-step trajectory, known from the settings alone; None for TeaCache, which decides
+    them from each batch's inputs."""
+    if method == "teacache":
+        return None
+    cache = make_cache(method, config)
+    if cache is None:
+        return num_steps
+    cache.reset(num_steps)
+    return sum(cache.plan_step(step) for step in range(num_steps))
 
 
 def say(line: str) -> None:
@@ -408,6 +479,7 @@ def gather_stats(setup: Distributed, stats: RankStats) -> list[RankStats]:
 
 def write_summary(
     args: argparse.Namespace,
+    config: MethodConfig,
     setup: Distributed,
     folder: Path,
     weights: str,
@@ -415,6 +487,7 @@ def write_summary(
     shape: tuple[int, ...],
 ) -> dict:
     """Rank 0's record of the run, written to {folder}.json: totals over the ranks and each rank's share."""
+    batches = sum(s.batches_sampled for s in all_stats)
     summary = {
         "folder": str(folder),
         "npz": str(beside(folder, ".npz")),
@@ -423,6 +496,8 @@ def write_summary(
         "npz_shape": list(shape),
         "world_size": setup.world_size,
         "weights_id": weights,
+        "method": "full" if is_plain(args.method, config) else args.method,
+        "method_settings": method_settings(args.method, config),
         "settings": vars(args),
         "batches_sampled": sum(s.batches_sampled for s in all_stats),
         "batches_skipped": sum(s.batches_skipped for s in all_stats),
@@ -430,23 +505,27 @@ def write_summary(
         "sampling_seconds": sum(s.sampling_seconds for s in all_stats),
         "full_steps": all_stats[0].full_steps,
         "forecast_steps": all_stats[0].forecast_steps,
+        # Per trajectory over every batch this run sampled: what TeaCache, deciding per batch, computed on average.
+        "mean_full_steps": sum(s.full_steps_sum for s in all_stats) / batches if batches else None,
         "ranks": [asdict(s) for s in all_stats],
     }
     atomic_write(beside(folder, ".json"), lambda temp: temp.write_text(json.dumps(summary, indent=2) + "\n"))
     return summary
 
 
-def run(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distributed) -> dict:
+def run(args: argparse.Namespace, config: MethodConfig, setup: Distributed) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     sample_dir = check_output_folder(args.sample_dir, "--sample-dir")
     # Loaded before any file is written, so that a missing checkpoint fails without leaving an empty folder.
     sampler = Sampler.load(args, config, setup.device)
     weights = weights_id(args)
+    if setup.rank == 0:
+        warn_about_teacache_fit(args)
     folder = sample_dir / folder_name(args, config, weights)
     check_run_files(folder)
     planned = plan_records(args.num_fid_samples, image_settings(args, config, weights))
-    existing = read_records(folder / RECORDS_FILE)
+    existing = read_image_records(folder)
     check_consistent(folder, existing, planned, uncompared=UNCOMPARED_FIELDS, output_flag="--sample-dir")
     setup.barrier()  # every rank has checked the records before rank 0 changes them
     if setup.rank == 0:
@@ -462,14 +541,14 @@ def run(args: argparse.Namespace, config: TaylorSeerConfig, setup: Distributed) 
     if setup.rank != 0:
         return asdict(stats)
     shape = pack_npz(folder, args.num_fid_samples, beside(folder, ".npz"), args.image_size)
-    summary = write_summary(args, setup, folder, weights, all_stats, shape)
+    summary = write_summary(args, config, setup, folder, weights, all_stats, shape)
     say(f"{args.num_fid_samples} PNGs in {folder}/")
     say(f"saved {summary['npz']} (arr_0 {tuple(shape)} uint8) and {summary['json']}")
     say(json.dumps({k: v for k, v in summary.items() if k != "settings"}))
     return summary
 
 
-def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
+def main(args: argparse.Namespace, config: MethodConfig) -> dict:
     """Sample on this process (one rank of a torchrun job, or alone); returns this rank's summary."""
     setup = setup_distributed(args.device)
     args.device = str(setup.device)

@@ -1,9 +1,14 @@
-"""Flags shared by the DiT sampling scripts (sample.py, sample_ddp.py): the model, its weights and the sampler.
+"""Flags shared by the DiT sampling scripts (sample.py, sample_ddp.py, fit_teacache.py): the model, its weights, the
+sampler and (for the samplers) the caching method.
 
 Sampling flags default to None and take the chosen model's values from defaults.py after parsing, so the bundled
 digits model and DiT-XL/2 each get their own defaults while flags given on the command line always win. Every number
 is range-checked by its argparse type (NaN and inf included), so a bad value ends in one ``error:`` line before any
 weights are read.
+
+``--method`` picks the caching method (TaylorSeer by default; common/methods.py). TeaCache's rescaling polynomial
+defaults to the fit shipped for the bundled model (assets/teacache_dit_digits.json, written by fit_teacache.py); a run
+whose weights are not the ones a fit file names gets a warning, since the polynomial then measures another model.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 import torch
 
 from common.cli import (
+    FACTOR_DTYPES,
     UsageError,
     add_taylorseer_args,
     check_schedule_flags,
@@ -22,20 +28,30 @@ from common.cli import (
     int_range,
     parse_device,
     taylorseer_config_from_args,
+    warn,
 )
 from common.integrity import weights_fingerprint
+from common.methods import MethodConfig, add_method_args, method_config_from_args
 from common.taylor_cache import TaylorSeerConfig
+from common.teacache import TEACACHE_COEFFICIENTS, read_fit
 from taylorseer_dit.checkpoints import DEFAULT_DIR, VAE_DIR_ENV, find_dit_checkpoint, load_dit, load_vae
 from taylorseer_dit.defaults import BUNDLED_MODEL, apply_sampling_defaults, sampling_defaults
 from taylorseer_dit.models import DiT, DiT_models
 
 __all__ = [
     "add_model_args",
+    "add_sampler_args",
     "check_device",
     "check_model_args",
+    "check_sampler_args",
+    "dit_weights_id",
+    "fora_config",
     "latent_scale",
+    "load_model",
     "load_model_and_vae",
+    "warn_about_teacache_fit",
     "weights_id",
+    "TEACACHE_FIT",
     "MAX_CFG_SCALE",
     "MAX_CHANNELS",
     "MAX_CLASSES",
@@ -56,10 +72,20 @@ MAX_CLASSES = 100_000
 MAX_CHANNELS = 64
 NAN_SUSPECTS = "--cfg-scale, --num-sampling-steps, the checkpoint"
 """What to check when the samples hold NaN or inf: a setting or weights, almost never the sampler."""
+TEACACHE_FIT = Path(__file__).resolve().parent / "assets" / "teacache_dit_digits.json"
+"""TeaCache's rescaling polynomial fitted on the bundled model (fit_teacache.py): the DiT default."""
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """--model, --ckpt, --vae(-path), sizes, classes, guidance, steps, DDIM, and the TaylorSeer flags."""
+    """The sampler's flags (:func:`add_sampler_args`), the TaylorSeer flags and the caching method's."""
+    add_sampler_args(parser)
+    add_taylorseer_args(parser, interval=4, max_order=4, first_enhance=2)
+    add_method_args(parser, teacache_coefficients=str(TEACACHE_FIT))
+
+
+def add_sampler_args(parser: argparse.ArgumentParser, *, decoder: bool = True) -> None:
+    """--model, --ckpt, --vae(-path), sizes, classes, guidance, steps and DDIM: what full-compute sampling needs.
+    ``decoder=False`` (a script that never decodes) leaves out --vae-path; --vae still sets the latent size."""
     bundled, upstream = sampling_defaults(BUNDLED_MODEL), sampling_defaults("DiT-XL/2")
 
     def per_model(name: str) -> str:
@@ -78,11 +104,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         choices=["ema", "mse", "none"],
         help="sd-vae-ft-{ema,mse} decoder; none = the model works in pixel space; " + per_model("vae"),
     )
-    parser.add_argument(
-        "--vae-path",
-        help="local diffusers folder of the VAE; None = $TAYLORSEER_VAE_DIR/sd-vae-ft-KIND, else "
-        "pretrained_models/sd-vae-ft-KIND",
-    )
+    if decoder:
+        parser.add_argument(
+            "--vae-path",
+            help="local diffusers folder of the VAE; None = $TAYLORSEER_VAE_DIR/sd-vae-ft-KIND, else "
+            "pretrained_models/sd-vae-ft-KIND",
+        )
     parser.add_argument(
         "--image-size", type=int_range(1, MAX_IMAGE_SIZE), help="output image size; " + per_model("image_size")
     )
@@ -109,16 +136,32 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="DDIM (eta 0) instead of DDPM ancestral sampling; " + per_model("ddim_sample"),
     )
-    add_taylorseer_args(parser, interval=4, max_order=4, first_enhance=2)
 
 
-def check_model_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TaylorSeerConfig:
-    """Fill the model's defaults into unset flags; exit through ``parser.error`` on a bad one; return the config."""
+def check_model_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> MethodConfig:
+    """Fill the model's defaults into unset flags; exit through ``parser.error`` on a bad one; return the config of
+    ``--method`` (None for full compute)."""
+    check_sampler_args(args, parser)
+    # The TaylorSeer flags are checked whatever the method: FORA's row in sample.py's comparison takes N and E too.
+    taylorseer_config_from_args(args, parser)
+    config = method_config_from_args(args, parser)
+    if args.method == "taylorseer":
+        # Only now is the step count known (it may be the model's default): a schedule that would run TaylorSeer as
+        # FORA under a TaylorSeer label is refused here, before any weights are read.
+        check_schedule_flags(config, args.num_sampling_steps, parser)
+    if args.method == "delta-dit":
+        depth = model_depth(args)
+        if args.cached_blocks > depth:
+            parser.error(
+                f"--cached-blocks {args.cached_blocks} exceeds the {depth} blocks of {args.model}: "
+                f"use --cached-blocks 1..{depth}"
+            )
+    return config
+
+
+def check_sampler_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Fill the model's defaults into unset sampler flags; exit through ``parser.error`` on a bad one."""
     apply_sampling_defaults(args)
-    config = taylorseer_config_from_args(args, parser)
-    # Only now is the step count known (it may be the model's default): a schedule that would run TaylorSeer as
-    # FORA under a TaylorSeer label is refused here, before any weights are read.
-    check_schedule_flags(config, args.num_sampling_steps, parser)
     patch = int(args.model.rsplit("/", 1)[1])
     scale = latent_scale(args)
     if args.image_size % (scale * patch):
@@ -126,7 +169,47 @@ def check_model_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             f"--image-size {args.image_size} must be a positive multiple of {scale * patch} up to {MAX_IMAGE_SIZE} "
             f"for {args.model}" + (f" with a VAE (downsampling {scale} x patch size {patch})" if scale > 1 else "")
         )
-    return config
+
+
+def model_depth(args: argparse.Namespace) -> int:
+    """Blocks of the ``--model`` preset, read from a weightless copy."""
+    with torch.device("meta"):
+        return DiT_models[args.model](input_size=args.image_size // latent_scale(args), in_channels=1).depth
+
+
+def fora_config(args: argparse.Namespace) -> TaylorSeerConfig:
+    """FORA with the TaylorSeer flags' N and E (TaylorSeer of order 0): the baseline row of sample.py's comparison.
+    The flags must have passed :func:`check_model_args`."""
+    return TaylorSeerConfig(
+        interval=args.interval,
+        max_order=0,
+        first_enhance=args.first_enhance,
+        factor_dtype=FACTOR_DTYPES[args.factor_dtype],
+    )
+
+
+def warn_about_teacache_fit(args: argparse.Namespace) -> None:
+    """Warnings when TeaCache runs with a fit file made for another DiT checkpoint (its polynomial maps the input
+    change of another model to that model's output change) or for another number of steps or sampler (the per-step
+    changes then lie outside the range it was fitted on). Call it once the weights are loaded."""
+    spec = args.teacache_coefficients
+    if args.method != "teacache" or spec in TEACACHE_COEFFICIENTS:
+        return
+    fit, weights = read_fit(spec), dit_weights_id(args)
+    if fit.get("weights_id") not in (None, weights):
+        warn(
+            f"--teacache-coefficients {spec} was fitted for weights {fit['weights_id']}, these are {weights}: its "
+            "rescaling measures another model; fit one for these weights with fit_teacache.py (same --model and "
+            "--ckpt) and pass its --output"
+        )
+    fitted = (fit.get("steps"), fit.get("sampler"))
+    run = (args.num_sampling_steps, "ddim" if args.ddim_sample else "ddpm")
+    if None not in fitted and fitted != run:
+        warn(
+            f"--teacache-coefficients {spec} was fitted on {fitted[0]} {fitted[1].upper()} steps, this run takes "
+            f"{run[0]} {run[1].upper()} steps: their changes lie outside the range the polynomial was fitted on; fit "
+            "one with these --num-sampling-steps and --ddim-sample/--no-ddim-sample"
+        )
 
 
 def check_device(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -145,7 +228,14 @@ def latent_scale(args: argparse.Namespace) -> int:
 def load_model_and_vae(args: argparse.Namespace, device: torch.device) -> tuple[DiT, object | None]:
     """The DiT of the flags, and its VAE (None for pixel-space models), both loaded before any sampling starts so
     that a missing file is reported before minutes of compute."""
-    model = load_dit(
+    model = load_model(args, device)
+    vae = None if args.vae == "none" else load_vae(args.vae, args.vae_path, device)
+    return model, vae
+
+
+def load_model(args: argparse.Namespace, device: torch.device) -> DiT:
+    """The DiT of the flags, without its VAE."""
+    return load_dit(
         args.model,
         args.ckpt,
         image_size=args.image_size,
@@ -154,8 +244,6 @@ def load_model_and_vae(args: argparse.Namespace, device: torch.device) -> tuple[
         num_classes=args.num_classes,
         device=device,
     )
-    vae = None if args.vae == "none" else load_vae(args.vae, args.vae_path, device)
-    return model, vae
 
 
 def weights_id(args: argparse.Namespace) -> str:
@@ -166,6 +254,12 @@ def weights_id(args: argparse.Namespace) -> str:
     if args.vae != "none":
         paths.append(_vae_folder(args))
     return weights_fingerprint(paths)
+
+
+def dit_weights_id(args: argparse.Namespace) -> str:
+    """Content identity of the DiT checkpoint alone: what a TeaCache fit depends on (the VAE only decodes). Equal to
+    :func:`weights_id` for pixel-space models such as the bundled one."""
+    return weights_fingerprint([find_dit_checkpoint(args.model, args.image_size, args.ckpt)])
 
 
 def _vae_folder(args: argparse.Namespace) -> Path:

@@ -31,6 +31,18 @@ def flags(*argv: str) -> Case:
     return lambda folder: list(argv)
 
 
+def file_in(folder: Path, name: str, content: bytes = b"x") -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def fit_file(content: bytes) -> Case:
+    """--teacache-coefficients naming a fit file with ``content``, written before the run."""
+    return lambda folder: ["--teacache-coefficients", str(file_in(folder, "fit.json", content))]
+
+
 # Model, sampler and TaylorSeer flags: shared by both scripts (sampling_args.py).
 MODEL_FLAG_CASES = [
     ("model", flags("--model", "DiT-Huge/2"), "argument --model: invalid choice: 'DiT-Huge/2'"),
@@ -62,19 +74,68 @@ MODEL_FLAG_CASES = [
     # 4 steps, E=2, N=4: full steps 0 and 1, forecasts 2 and 3; a derivative from step 2 on would never be formed.
     ("derivative-start FORA", flags("--derivative-start-step", "2"), "use a --derivative-start-step <= 1"),
     ("factor-dtype", flags("--factor-dtype", "int8"), "argument --factor-dtype: invalid choice: 'int8'"),
+    ("method", flags("--method", "tgate"), "argument --method: invalid choice: 'tgate'"),
+    ("cached-blocks zero", flags("--cached-blocks", "0"), "--cached-blocks: expected an integer >= 1, got 0"),
+    # DiT-Tiny/2 has 2 blocks: a range of 3 is found only once the model is known, still before any weights.
+    (
+        "cached-blocks deep",
+        flags("--method", "delta-dit", "--cached-blocks", "3"),
+        "--cached-blocks 3 exceeds the 2 blocks of DiT-Tiny/2: use --cached-blocks 1..2",
+    ),
+    (
+        "delta-boundary high",
+        flags("--delta-boundary", "1.5"),
+        "--delta-boundary: expected a finite number >= 0 and <= 1",
+    ),
+    (
+        "delta-boundary nan",
+        flags("--delta-boundary", "nan"),
+        "--delta-boundary: expected a finite number >= 0 and <= 1",
+    ),
+    ("fresh-ratio negative", flags("--fresh-ratio=-0.1"), "--fresh-ratio: expected a finite number >= 0 and <= 1"),
+    (
+        "fresh-ratio inf",
+        flags("--fresh-ratio", "inf"),
+        "--fresh-ratio: expected a finite number >= 0 and <= 1, got 'inf'",
+    ),
+    ("toca-score", flags("--toca-score", "attention"), "argument --toca-score: invalid choice: 'attention'"),
+    ("layer-schedule value", flags("--layer-schedule=1"), "--layer-schedule/--no-layer-schedule: ignored explicit"),
+    (
+        "teacache-thresh negative",
+        flags("--teacache-thresh=-1"),
+        "--teacache-thresh: expected a finite number >= 0, got -1",
+    ),
+    ("teacache-thresh nan", flags("--teacache-thresh", "nan"), "--teacache-thresh: expected a finite number >= 0"),
+    (
+        "teacache-coefficients name",
+        flags("--teacache-coefficients", "dit"),
+        "dit is neither a published polynomial (flux, hunyuanvideo, identity) nor a fit file: give one of those",
+    ),
+    ("teacache-coefficients folder", lambda f: ["--teacache-coefficients", str(f)], "nor a fit file: give one of"),
+    ("teacache-coefficients not JSON", fit_file(b"{not json"), "is not a JSON fit file (Expecting property name"),
+    ("teacache-coefficients not UTF-8", fit_file(b"\xff\xfe"), "is not a JSON fit file ("),
+    (
+        "teacache-coefficients list",
+        fit_file(b"[1.0, 2.0]"),
+        '"coefficients" must be a non-empty list of finite numbers',
+    ),
+    ("teacache-coefficients none", fit_file(b'{"model": "x"}'), "must be a non-empty list of finite numbers (highest"),
+    ("teacache-coefficients empty", fit_file(b'{"coefficients": []}'), "finite numbers (highest power first), got []"),
+    (
+        "teacache-coefficients NaN",
+        fit_file(b'{"coefficients": [1.0, NaN]}'),
+        "finite numbers (highest power first), got [1.0, NaN]",
+    ),
+    ("teacache-coefficients inf", fit_file(b'{"coefficients": [1e999]}'), "got [Infinity]: refit it, or give one of"),
+    ("teacache-coefficients huge int", fit_file(b'{"coefficients": [1' + b"0" * 400 + b"]}"), "got [1000000"),
+    ("teacache-coefficients text", fit_file(b'{"coefficients": ["0.1"]}'), 'got ["0.1"]: refit it'),
+    ("teacache-coefficients bool", fit_file(b'{"coefficients": [true]}'), "got [true]: refit it"),
     ("device unknown", flags("--device", "gpu0"), "--device 'gpu0' is not a torch device: use cpu, cuda or cuda:N"),
     ("device cuda", flags("--device", "cuda"), "--device cuda: no CUDA GPU is visible on this machine"),
     ("device cuda:3", flags("--device", "cuda:3"), "--device cuda:3: no CUDA GPU is visible on this machine"),
     ("device meta", flags("--device", "meta"), "--device meta: unsupported device type 'meta'"),
     ("unknown flag", flags("--guidance", "2"), "unrecognized arguments: --guidance 2"),
 ]
-
-
-def file_in(folder: Path, name: str, content: bytes = b"x") -> Path:
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
-    return path
 
 
 def output_under_a_file(folder: Path) -> list[str]:
@@ -105,6 +166,11 @@ SAMPLE_CASES = [
     ("seed 2**64", flags("--seed", str(2**64)), f"--seed: expected an integer in 0..{2**63 - 1}, got {2**64}"),
     ("compare value", flags("--compare=1"), "argument --compare/--no-compare: ignored explicit argument '1'"),
     ("test-FLOPs value", flags("--test-FLOPs=1"), "argument --test-FLOPs: ignored explicit argument '1'"),
+    (
+        "test-FLOPs run-dependent",
+        flags("--test-FLOPs", "--method", "teacache"),
+        "--test-FLOPs counts the schedules of full, taylorseer, fora without weights; --method teacache decides",
+    ),
     ("timing-repeats zero", flags("--timing-repeats", "0"), "--timing-repeats: expected an integer in 1..100, got 0"),
     ("timing-repeats huge", flags("--timing-repeats", "1000"), "--timing-repeats: expected an integer in 1..100"),
     ("output no suffix", lambda f: ["--output", str(f / "grid")], "must end in .png: e.g. --output"),
