@@ -11,7 +11,9 @@ A model's forward hands the cache three kinds of work, and each method decides, 
 - ``run_blocks(cache, blocks, state, signal)``: the model's block stack as a list of ``state -> state`` callables.
   Δ-DiT bypasses a block range with the residual cached at its last computed step; TeaCache and DuCa's aggressive
   steps bypass the whole stack; the others run every block. ``signal()`` (TeaCache only) returns the
-  timestep-modulated input of the first block, which decides whether the step is skipped.
+  timestep-modulated input of the first block, which decides whether the step is skipped. Every block takes and
+  returns the same state type (a residual is output minus input), so a model with two kinds of blocks keeps one
+  state for both: FLUX passes the joint [txt, img] sequence, HunyuanVideo the (img, txt) pair.
 
 The sampler stays generic: it calls :meth:`CacheMethod.reset` (with the run's step count) before a run and
 :meth:`CacheMethod.begin_step` at each step. ``cache=None`` is the plain model, running the same code unchanged.
