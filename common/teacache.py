@@ -125,7 +125,9 @@ class TeaCache(CacheMethod):
         if previous is None:
             self.changes.append(None)
             return True
-        change = float(np.polyval(self.config.coefficients, relative_l1(signal, previous)))
+        # A fitted polynomial can dip below 0 outside the range it was fitted on; a change is never negative, and a
+        # negative one would let threshold 0 skip steps. (The published code does not clamp: same values in range.)
+        change = max(0.0, float(np.polyval(self.config.coefficients, relative_l1(signal, previous))))
         self.changes.append(change)
         self._accumulated += change
         if last or self._residual is None or self._accumulated >= self.config.threshold:

@@ -205,3 +205,14 @@ def test_flops_are_counted_during_the_run(model, full) -> None:
     cached_steps = steps - 4  # full steps 0, 3, 6, 9 (E=1, N=3)
     mlp_half = 2 * (2 * batch * 8 * 64 * 256)
     assert toca == fora + cached_steps * 4 * mlp_half
+
+
+def test_teacache_threshold_zero_computes_every_step_even_with_a_polynomial_below_zero() -> None:
+    """A fit can go negative outside its range (here -1 + 0 * x): clamped at 0, threshold 0 still skips nothing."""
+    cache = TeaCache(TeaCacheConfig(threshold=0.0, coefficients=(0.0, -1.0)))
+    cache.reset(num_steps=4)
+    for step in range(4):
+        cache.begin_step(step)
+        run_blocks(cache, [lambda h: h + 1], torch.zeros(1), signal=lambda s=step: torch.tensor([1.0 + s]))
+        assert cache.is_full_step
+    assert cache.changes[1:] == [0.0, 0.0, 0.0]
