@@ -6,34 +6,18 @@ Two conventions:
   as MACs (1 x). A forecast step costs only the adaLN modulation. Embeddings and the final layer are not counted.
 * ``matmul``: every matrix product of the whole forward (embeddings, adaLN, attention, MLP, final layer) as
   2 x MACs, measured with ``torch.utils.flop_counter`` on the meta device. Elementwise work is not counted.
-
-torch's counter knows the CUDA attention kernels but not the CPU one (``_scaled_dot_product_flash_attention_for_cpu``),
-so a run counted on the CPU would count no attention at all while the meta device (which decomposes attention into
-matmuls) counts it. Importing this module registers the CPU kernel with the same formula, so that a sampling run
-counted on any device (sample.py's matmul speedup of every method) and the meta-device count agree.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.utils import flop_counter
 
 from common.flops import FlopsReport, full_and_forecast_flops
 from common.taylor_cache import TaylorSeerConfig
 
 from .models import DiT
 
-__all__ = ["reference_step_flops", "matmul_step_flops", "dit_flops_reports", "count_cpu_attention"]
-
-
-def count_cpu_attention() -> None:
-    """Register torch's SDPA formula (two batched matmuls) for its CPU flash-attention kernel, unless it is known."""
-    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    if op not in flop_counter.flop_registry and op.default not in flop_counter.flop_registry:
-        flop_counter.register_flop_formula(op, get_raw=True)(flop_counter.sdpa_flop)
-
-
-count_cpu_attention()
+__all__ = ["reference_step_flops", "matmul_step_flops", "dit_flops_reports"]
 
 
 def reference_step_flops(model: DiT, batch: int) -> tuple[float, float]:

@@ -1,4 +1,10 @@
-"""FLOPs accounting outside the model: per-step costs times the schedule's full/forecast counts."""
+"""FLOPs accounting outside the model: per-step costs times the schedule's full/forecast counts.
+
+torch's counter knows the CUDA attention kernels but not the CPU one (``_scaled_dot_product_flash_attention_for_cpu``),
+so a run counted on the CPU would count no attention at all while the meta device (which decomposes attention into
+matmuls) counts it. Importing this module registers the CPU kernel with torch's SDPA formula, so that a sampling run
+counted on any device (the FLOPs of run-dependent methods) and a meta-device count agree.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from .taylor_cache import TaylorCache, TaylorSeerConfig, full_step_indices
 
-__all__ = ["FlopsReport", "count_flops", "full_and_forecast_flops"]
+__all__ = ["FlopsReport", "count_cpu_attention", "count_flops", "full_and_forecast_flops"]
+
+
+def count_cpu_attention() -> None:
+    """Register torch's SDPA formula (two batched matmuls) for its CPU flash-attention kernel, unless it is known."""
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    if op not in flop_counter.flop_registry and op.default not in flop_counter.flop_registry:
+        flop_counter.register_flop_formula(op, get_raw=True)(flop_counter.sdpa_flop)
+
+
+count_cpu_attention()
 
 
 def count_flops(fn: Callable[[], object]) -> int:

@@ -216,3 +216,13 @@ def test_teacache_threshold_zero_computes_every_step_even_with_a_polynomial_belo
         run_blocks(cache, [lambda h: h + 1], torch.zeros(1), signal=lambda s=step: torch.tensor([1.0 + s]))
         assert cache.is_full_step
     assert cache.changes[1:] == [0.0, 0.0, 0.0]
+
+
+def test_attention_is_counted_alike_on_the_cpu_and_on_the_meta_device() -> None:
+    """The CPU's fused attention kernel is registered with torch's SDPA formula (common.flops), so a real CPU run and
+    a meta-device count agree: 2 batched matmuls of (L x d) by (d x L) and (L x L) by (L x d), 2 FLOPs per MAC."""
+    batch, heads, length, dim = 2, 4, 16, 8
+    expected = 2 * (2 * batch * heads * length * length * dim)
+    for device in ("cpu", "meta"):
+        q = torch.randn(batch, heads, length, dim, device=device)
+        assert count_flops(lambda q=q: torch.nn.functional.scaled_dot_product_attention(q, q, q)) == expected
