@@ -302,6 +302,12 @@ def test_a_cell_equal_to_full_compute_has_intervals_of_exactly_zero(tmp_path, mo
     assert "| 3 | 2 | +0.00 [+0.00, +0.00] | – |" in table
 
 
+def test_a_wall_speedup_above_the_flops_speedup_is_marked_in_the_table():
+    cell = {"flops_speedup": 2.29, "wall_speedup": 2.1}
+    assert benchmark_quality.wall_speedup(cell) == "2.10×"
+    assert benchmark_quality.wall_speedup({**cell, "wall_speedup": 3.0}) == "3.00× (noise)"
+
+
 def test_an_interval_that_excludes_zero_is_bold():
     assert benchmark_quality.with_interval(1.5, (0.2, 2.5), 2) == "**+1.50 [+0.20, +2.50]**"
     assert benchmark_quality.with_interval(-0.5, (-1.0, 0.0), 2) == "-0.50 [-1.00, +0.00]"
