@@ -31,7 +31,7 @@ from common.cli import (
     warn,
 )
 from common.integrity import weights_fingerprint
-from common.methods import MethodConfig, add_method_args, method_config_from_args
+from common.methods import MethodConfig, add_method_args, method_config_from_args, warn_unused_method_flags
 from common.taylor_cache import TaylorSeerConfig
 from common.teacache import TEACACHE_COEFFICIENTS, read_fit
 from taylorseer_dit.checkpoints import DEFAULT_DIR, VAE_DIR_ENV, find_dit_checkpoint, load_dit, load_vae
@@ -142,6 +142,9 @@ def check_model_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     """Fill the model's defaults into unset flags; exit through ``parser.error`` on a bad one; return the config of
     ``--method`` (None for full compute)."""
     check_sampler_args(args, parser)
+    # sample.py's FORA comparison row reads N and E whatever the method.
+    compared = ("--interval", "--first-enhance") if getattr(args, "compare", False) else ()
+    warn_unused_method_flags(args, parser, also_read=compared)
     # The TaylorSeer flags are checked whatever the method: FORA's row in sample.py's comparison takes N and E too.
     taylorseer_config_from_args(args, parser)
     config = method_config_from_args(args, parser)

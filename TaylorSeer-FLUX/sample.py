@@ -64,7 +64,15 @@ from common.distributed import Distributed, setup_distributed
 from common.images import save_grid, to_uint8
 from common.integrity import check_finite, verify_png
 from common.io import atomic_write, remove_stale_temps
-from common.methods import MethodConfig, add_method_args, describe, make_cache, method_config_from_args, method_record
+from common.methods import (
+    MethodConfig,
+    add_method_args,
+    describe,
+    make_cache,
+    method_config_from_args,
+    method_record,
+    warn_unused_method_flags,
+)
 from common.run_records import (
     RECORDS_FILE,
     append_records,
@@ -213,6 +221,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Met
         args.num_steps = spec.num_steps
     if args.max_sequence_length is None:
         args.max_sequence_length = spec.max_sequence_length
+    warn_unused_method_flags(args, parser)
     # Unset: the whole single-stream stack of the published model, made the checkpoint's own once it is read.
     args.whole_single_stack = args.cached_blocks is None
     if args.whole_single_stack:

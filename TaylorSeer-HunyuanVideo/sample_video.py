@@ -83,12 +83,19 @@ from common.cli import (
     int_range,
     parse_device,
     run_cli,
-    warn,
 )
 from common.distributed import Distributed, launched_world_size, setup_distributed
 from common.integrity import check_finite
 from common.io import remove_stale_temps
-from common.methods import MethodConfig, add_method_args, describe, make_cache, method_config_from_args, method_record
+from common.methods import (
+    MethodConfig,
+    add_method_args,
+    describe,
+    make_cache,
+    method_config_from_args,
+    method_record,
+    warn_unused_method_flags,
+)
 from common.run_records import (
     RECORDS_FILE,
     check_consistent,
@@ -127,21 +134,6 @@ NON_FINITE_SUSPECTS = (
 FP16_MAX = torch.finfo(torch.float16).max
 TEACACHE_THRESH = 0.15
 """TeaCache4HunyuanVideo's default rel_l1_thresh (about 2.1x there; 0.1 gives about 1.6x)."""
-METHOD_FLAGS = {
-    "--interval": ("taylorseer", "fora", "delta-dit", "toca", "duca"),
-    "--max-order": ("taylorseer",),
-    "--first-enhance": ("taylorseer", "fora", "delta-dit", "toca", "duca"),
-    "--derivative-start-step": ("taylorseer",),
-    "--factor-dtype": ("taylorseer", "fora"),
-    "--cached-blocks": ("delta-dit",),
-    "--delta-boundary": ("delta-dit",),
-    "--fresh-ratio": ("toca", "duca"),
-    "--toca-score": ("toca", "duca"),
-    "--layer-schedule": ("toca", "duca"),
-    "--teacache-thresh": ("teacache",),
-    "--teacache-coefficients": ("teacache",),
-}
-"""The methods that read each method flag; FORA is TaylorSeer of order 0, so it takes no --max-order."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -359,7 +351,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Met
 def _method_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> MethodConfig:
     """The config of --method from its flags, with the preset's Δ-DiT range filled in and checked; a flag that the
     method does not read is named in a warning."""
-    _warn_about_unused_method_flags(args, parser)
+    warn_unused_method_flags(args, parser)
     blocks = _depth(HUNYUAN_VIDEO_PRESETS[args.model])
     if args.cached_blocks is None:
         args.cached_blocks = HUNYUAN_VIDEO_PRESETS[args.model].mm_single_blocks_depth
@@ -376,17 +368,6 @@ def _method_config(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 def _depth(params: HunyuanVideoParams) -> int:
     """Blocks of the stack a method may bypass: the double-stream blocks, then the single-stream ones."""
     return params.mm_double_blocks_depth + params.mm_single_blocks_depth
-
-
-def _warn_about_unused_method_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """A method flag set away from its default that --method does not read: a warning, since the run ignores it."""
-    for flag, methods in METHOD_FLAGS.items():
-        name = flag.removeprefix("--").replace("-", "_")
-        if args.method not in methods and getattr(args, name) != parser.get_default(name):
-            warn(
-                f"{flag} is not a setting of --method {args.method} and is ignored: it is read by --method "
-                f"{' / '.join(methods)}"
-            )
 
 
 _PROMPT_FLAGS = {"num_videos": "--num-videos"}

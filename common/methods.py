@@ -15,12 +15,13 @@ Each tree adds the flags with its reference defaults (``add_method_args``), buil
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 
 import torch
 
 from .caching import CacheMethod
-from .cli import FACTOR_DTYPES, finite_float, int_range
+from .cli import FACTOR_DTYPES, finite_float, int_range, warn
 from .delta_dit import DeltaDiTCache, DeltaDiTConfig
 from .taylor_cache import TaylorCache, TaylorSeerConfig
 from .teacache import TEACACHE_COEFFICIENTS, TeaCache, TeaCacheConfig, load_coefficients
@@ -35,6 +36,7 @@ __all__ = [
     "method_config_from_args",
     "method_record",
     "teacache_coefficients_arg",
+    "warn_unused_method_flags",
 ]
 
 METHODS = ("full", "taylorseer", "fora", "delta-dit", "toca", "duca", "teacache")
@@ -95,6 +97,43 @@ def teacache_coefficients_arg(text: str) -> str:
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
+
+
+METHOD_FLAGS = {
+    "--interval": ("taylorseer", "fora", "delta-dit", "toca", "duca"),
+    "--max-order": ("taylorseer",),
+    "--first-enhance": ("taylorseer", "fora", "delta-dit", "toca", "duca"),
+    "--derivative-start-step": ("taylorseer",),
+    "--factor-dtype": ("taylorseer", "fora"),
+    "--cached-blocks": ("delta-dit",),
+    "--delta-boundary": ("delta-dit",),
+    "--fresh-ratio": ("toca", "duca"),
+    "--toca-score": ("toca", "duca"),
+    "--layer-schedule": ("toca", "duca"),
+    "--teacache-thresh": ("teacache",),
+    "--teacache-coefficients": ("teacache",),
+}
+"""The methods that read each method flag; FORA is TaylorSeer of order 0, so it takes no --max-order."""
+
+
+def warn_unused_method_flags(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, also_read: Sequence[str] = ()
+) -> list[str]:
+    """One warning per method flag set away from its default that ``--method`` does not read (the run ignores it,
+    which must not go unsaid); ``also_read`` names flags the script reads anyway (e.g. a FORA comparison row's
+    --interval). Call it before the script fills defaults into the flags. Returns the flags warned about."""
+    unused = []
+    for flag, methods in METHOD_FLAGS.items():
+        name = flag.removeprefix("--").replace("-", "_")
+        if args.method in methods or flag in also_read or not hasattr(args, name):
+            continue
+        if getattr(args, name) != parser.get_default(name):
+            warn(
+                f"{flag} is not a setting of --method {args.method} and is ignored: it is read by --method "
+                f"{' / '.join(methods)}"
+            )
+            unused.append(flag)
+    return unused
 
 
 def method_config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> MethodConfig:

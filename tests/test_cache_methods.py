@@ -13,7 +13,15 @@ from common.caching import CacheMethod, run_blocks
 from common.cli import add_taylorseer_args
 from common.delta_dit import DeltaDiTCache, DeltaDiTConfig
 from common.flops import count_flops
-from common.methods import METHODS, add_method_args, describe, make_cache, method_config_from_args, method_record
+from common.methods import (
+    METHODS,
+    add_method_args,
+    describe,
+    make_cache,
+    method_config_from_args,
+    method_record,
+    warn_unused_method_flags,
+)
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
 from common.teacache import TEACACHE_COEFFICIENTS, TeaCache, TeaCacheConfig, relative_l1
 from common.toca import DuCaCache, ToCaCache, ToCaConfig, fresh_count, layer_ratio
@@ -226,3 +234,22 @@ def test_attention_is_counted_alike_on_the_cpu_and_on_the_meta_device() -> None:
     for device in ("cpu", "meta"):
         q = torch.randn(batch, heads, length, dim, device=device)
         assert count_flops(lambda q=q: torch.nn.functional.scaled_dot_product_attention(q, q, q)) == expected
+
+
+def test_a_method_flag_the_method_does_not_read_is_named_in_one_warning(capsys) -> None:
+    parser = argparse.ArgumentParser()
+    add_taylorseer_args(parser, interval=4, max_order=2, first_enhance=2)
+    add_method_args(parser)
+    args = parser.parse_args(["--method", "teacache", "--interval", "6", "--fresh-ratio", "0.3", "--max-order", "2"])
+    assert warn_unused_method_flags(args, parser) == ["--interval", "--fresh-ratio"]  # --max-order is its default
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "warning: --interval is not a setting of --method teacache and is ignored: it is read by --method "
+        "taylorseer / fora / delta-dit / toca / duca",
+        "warning: --fresh-ratio is not a setting of --method teacache and is ignored: it is read by --method "
+        "toca / duca",
+    ]
+    # A script that reads --interval anyway (DiT's FORA comparison row) says so.
+    assert warn_unused_method_flags(args, parser, also_read=("--interval",)) == ["--fresh-ratio"]
+    args = parser.parse_args(["--method", "toca", "--fresh-ratio", "0.3", "--interval", "3"])
+    assert warn_unused_method_flags(args, parser) == []
