@@ -70,6 +70,7 @@ TABLE_OUTPUTS = {ROW_LOG: "row log", "table.md": "table", "table.json": "summary
 SPEEDUP = "speedup"
 BETTER = ("higher", "lower")
 RESULT_FIELDS = ("flops_speedup", "latency_speedup", "metrics")
+NOISE_MARK = "(noise)"
 
 
 @dataclass(frozen=True)
@@ -151,15 +152,18 @@ def load_table(path: str | Path) -> TableSpec:
             raise fail(f"{where} must be a list of strings (command-line flags)")
         return tuple(value)
 
-    known = {"title", "source", "paper_model", "settings", "columns", "rows", "plot", "notes"}
-    unknown = set(raw) - known
-    if unknown:
-        raise fail(f"unknown entries {sorted(unknown)}; a table file holds {sorted(known)}")
+    def check_keys(entry: Mapping, known: set[str], where: str) -> None:
+        unknown = set(entry) - known
+        if unknown:
+            raise fail(f"{where}: unknown entries {sorted(unknown)}; it holds {sorted(known)}")
+
+    check_keys(raw, {"title", "source", "paper_model", "settings", "columns", "rows", "plot", "notes"}, "the file")
     columns = []
     for i, entry in enumerate(raw.get("columns", [])):
         where = f"columns[{i}]"
         if not isinstance(entry, dict):
             raise fail(f"{where} must be a table")
+        check_keys(entry, {"key", "label", "better", "digits"}, where)
         key = text(entry, "key", where)
         if key == SPEEDUP:
             raise fail(f"{where}: '{SPEEDUP}' is the FLOPs speedup every table has; name the column otherwise")
@@ -180,6 +184,7 @@ def load_table(path: str | Path) -> TableSpec:
         where = f"rows[{i}]"
         if not isinstance(entry, dict):
             raise fail(f"{where} must be a table")
+        check_keys(entry, {"name", "flags", "paper"}, where)
         name = text(entry, "name", where)
         flags = strings(entry.get("flags"), f"{where} ({name}) 'flags'")
         if not row_method(flags):
@@ -376,6 +381,12 @@ def ordering(spec: TableSpec, results: Mapping[str, Mapping], key: str) -> list[
     return tiers
 
 
+def above_flops(result: Mapping) -> bool:
+    """Whether the measured latency speedup exceeds the FLOPs speedup: only timing noise does that."""
+    latency, flops = result["latency_speedup"], result["flops_speedup"]
+    return latency is not None and flops is not None and latency > flops
+
+
 def _number(value: float | None, digits: int, suffix: str = "") -> str:
     return "—" if value is None else f"{value:.{digits}f}{suffix}"
 
@@ -397,13 +408,14 @@ def table_markdown(
         for c in spec.columns
         if reference is not None and any(paired_difference(r, reference, c.key) for r in results.values())
     }
+    published = {c.key for c in spec.columns if any(c.key in row.paper for row in spec.rows)}
     header = ["row", "FLOPs speedup", "paper", "latency speedup"]
     for column in spec.columns:
         arrow = "↑" if column.better == "higher" else "↓"
-        header += [f"{column.label} {arrow}", "paper"]
+        header += [f"{column.label} {arrow}"] + (["paper"] if column.key in published else [])
         if column.key in paired:
             header.append(f"Δ{column.label} vs full [95% CI]")
-    body = []
+    body, noisy = [], False
     for row in spec.rows:
         result = results.get(row.name)
         cells = [row.name]
@@ -411,16 +423,15 @@ def table_markdown(
             cells += ["not run"] + [""] * (len(header) - 2)
             body.append(cells)
             continue
-        cells += [
-            _number(result["flops_speedup"], 2, "×"),
-            _number(row.paper.get(SPEEDUP), 2, "×"),
-            _number(result["latency_speedup"], 2, "×"),
-        ]
+        latency = _number(result["latency_speedup"], 2, "×")
+        if above_flops(result):
+            latency += f" {NOISE_MARK}"
+            noisy = True
+        cells += [_number(result["flops_speedup"], 2, "×"), _number(row.paper.get(SPEEDUP), 2, "×"), latency]
         for column in spec.columns:
-            cells += [
-                _number(result["metrics"].get(column.key), column.digits),
-                _number(row.paper.get(column.key), column.digits),
-            ]
+            cells.append(_number(result["metrics"].get(column.key), column.digits))
+            if column.key in published:
+                cells.append(_number(row.paper.get(column.key), column.digits))
             if column.key in paired:
                 compared = paired_difference(result, reference, column.key) if row is not spec.reference else None
                 cells.append("" if compared is None else _signed_interval(*compared, column.digits))
@@ -432,6 +443,9 @@ def table_markdown(
     out += [""] if lines else []
     out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(cells) + " |" for cells in body]
+    if noisy:
+        out += ["", f"{NOISE_MARK}: a latency speedup above the FLOPs speedup, which only timing noise gives (skipping "
+                "work cannot save more time than it removes): rerun that row on an idle machine."]  # fmt: skip
     if paired:
         out += [
             "",
