@@ -708,7 +708,7 @@ def run(args: argparse.Namespace, config: MethodConfig, ranks: VideoRanks, weigh
     cache = make_cache(args.method, config)  # reset by the pipeline for every video
     label = describe(args.method, config)
     height, width = args.video_size
-    written, seconds, step_counts = [], [], []
+    written, seconds, denoise_seconds, step_counts = [], [], [], []
     full = forecast = None
     for job in tqdm(mine, desc="videos", disable=ranks.rank != 0 or not vbench):
         out = pipe(
@@ -736,6 +736,7 @@ def run(args: argparse.Namespace, config: MethodConfig, ranks: VideoRanks, weigh
         record_written(records_path, planned[job.path.name], job.path)
         written.append(str(job.path))
         seconds.append(out.seconds)
+        denoise_seconds.append(out.denoise_seconds)
         step_counts.append(full)
         # The newline in the text (end=""): one write per line, so that ranks sharing stdout never split a line.
         tqdm.write(
@@ -759,7 +760,8 @@ def run(args: argparse.Namespace, config: MethodConfig, ranks: VideoRanks, weigh
         "world_size": ranks.world_size,
         "method": label,
         "videos": written,
-        "seconds": seconds,
+        "seconds": seconds,  # per written video, the whole pipeline call
+        "denoise_seconds": denoise_seconds,  # per written video, the denoising loop alone
         "skipped": len(jobs) - len(pending),
         "damaged": sorted(damaged),
         "total": len(jobs),
