@@ -157,11 +157,11 @@ def check_extra_flags(extra: Sequence[str]) -> None:
 
 def resolve_table_paths(flags: Sequence[str], folder: Path) -> list[str]:
     """``flags`` with the values of --prompt-file and --ckpt-dir made absolute from the table's ``folder``."""
-    out, pending = [], None
+    out, pending = [], False
     for flag in flags:
         if pending:
             out.append(str((folder / Path(flag).expanduser()).resolve()))
-            pending = None
+            pending = False
             continue
         name, sep, value = flag.partition("=")
         if name in TABLE_PATH_FLAGS and sep:
