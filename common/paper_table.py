@@ -408,6 +408,13 @@ def table_markdown(
         for c in spec.columns
         if reference is not None and any(paired_difference(r, reference, c.key) for r in results.values())
     }
+    # Columns measured against full compute (PSNR against its images, say) have replicates in the rows but none in
+    # full compute's own: each row's interval of the value itself is what they can show.
+    own = {
+        c.key
+        for c in spec.columns
+        if c.key not in paired and any(c.key in r.get("replicates", {}) for r in results.values())
+    }
     published = {c.key for c in spec.columns if any(c.key in row.paper for row in spec.rows)}
     header = ["row", "FLOPs speedup", "paper", "latency speedup"]
     for column in spec.columns:
@@ -415,6 +422,8 @@ def table_markdown(
         header += [f"{column.label} {arrow}"] + (["paper"] if column.key in published else [])
         if column.key in paired:
             header.append(f"Δ{column.label} vs full [95% CI]")
+        if column.key in own:
+            header.append(f"{column.label} [95% CI]")
     body, noisy = [], False
     for row in spec.rows:
         result = results.get(row.name)
@@ -435,6 +444,10 @@ def table_markdown(
             if column.key in paired:
                 compared = paired_difference(result, reference, column.key) if row is not spec.reference else None
                 cells.append("" if compared is None else _signed_interval(*compared, column.digits))
+            if column.key in own:
+                values = result.get("replicates", {}).get(column.key)
+                low, high = percentile_interval(np.asarray(values)) if values else (None, None)
+                cells.append("" if low is None else f"[{low:.{column.digits}f}, {high:.{column.digits}f}]")
         body.append(cells)
     out = [f"# {spec.title}", "", f"Published numbers: {spec.source} ({spec.paper_model}).", ""]
     if caveat:

@@ -219,3 +219,14 @@ def test_write_table_writes_markdown_json_and_a_plot(tmp_path) -> None:
     with Image.open(tmp_path / "quality_vs_speedup.png") as image:
         assert image.size[0] > 600
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_column_measured_against_full_compute_shows_each_rows_own_interval(tmp_path) -> None:
+    spec = load_table(write(tmp_path, GOOD))
+    full = {"flops_speedup": 1.0, "latency_speedup": 1.0, "metrics": {"q": 1.0, "r": None}}
+    fast = result(2.0) | {"metrics": {"q": 2.0, "r": 30.0}, "replicates": {"r": [float(v) for v in range(101)]}}
+    lines = table_markdown(spec, {"full": full, "fast": fast}, None).splitlines()
+    header = next(line for line in lines if line.startswith("| row"))
+    assert header.endswith("| R ↑ | R [95% CI] |")
+    # The 2.5th and 97.5th percentiles of 0..100.
+    assert "| 30.000 | [2.500, 97.500] |" in next(line for line in lines if line.startswith("| fast"))
