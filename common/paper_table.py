@@ -462,8 +462,9 @@ def table_markdown(
     if paired:
         out += [
             "",
-            "Δ columns: the row minus full compute on the same noise and labels, with the 95% percentile interval of a "
-            "paired bootstrap over the samples (the same resamples for every row). **Bold**: the interval excludes 0. "
+            "Δ columns: the row minus full compute on the same inputs (noise and labels, or prompts and seeds), "
+            "with the 95% percentile interval of a paired bootstrap over the samples (the same resamples for every "
+            "row). **Bold**: the interval excludes 0. "
             f"Intervals are per row, not corrected for the {len(spec.rows) - 1} comparisons.",
         ]
     ranked = ordering(spec, results, spec.plot) if spec.plot in paired else []
