@@ -66,6 +66,7 @@ from common.run_records import (
     set_aside_damaged,
     sync_records,
 )
+from common.taylor_cache import TaylorSeerConfig
 from taylorseer_dit.checkpoints import find_dit_checkpoint
 from taylorseer_dit.defaults import BUNDLED_MODEL
 from taylorseer_dit.diffusion import GaussianDiffusion, create_diffusion
@@ -167,7 +168,7 @@ def method_suffix(method: str, config: MethodConfig) -> str:
             name += f"-D{config.derivative_start_step}"
         if config.factor_dtype is not None:
             name += "-F" + str(config.factor_dtype).removeprefix("torch.")
-        return name
+        return name + forecast_suffix(config)
     if method == "delta-dit":
         return f"-delta-dit-N{config.interval}-k{config.cached_blocks}-b{config.boundary:g}-E{config.first_enhance}"
     if method in ("toca", "duca"):
@@ -176,6 +177,23 @@ def method_suffix(method: str, config: MethodConfig) -> str:
     # TeaCache: the polynomial by an 8-hex digest of its values, whichever name or file gave it.
     digest = hashlib.sha256(json.dumps(list(config.coefficients)).encode()).hexdigest()[:FOLDER_ID_CHARS]
     return f"-teacache-l{config.threshold:g}-c{digest}"
+
+
+def forecast_suffix(config: TaylorSeerConfig) -> str:
+    """The forecaster and the placement, when set away from the paper's (whose folders keep their old names): e.g.
+    -newton, -hermite-s0.5, -K8-late-dense-p0.7, -list-{8 hex digits of the steps}. A placed schedule makes N
+    meaningless, but N stays in the name before it, as the flags gave it."""
+    name = ""
+    if config.forecaster != "taylor":
+        name += f"-{config.forecaster}" + (f"-s{config.hermite_scale:g}" if config.forecaster == "hermite" else "")
+    if config.placement == "list":
+        digest = hashlib.sha256(json.dumps(list(config.full_step_list)).encode()).hexdigest()[:FOLDER_ID_CHARS]
+        name += f"-list-{digest}"
+    elif config.full_steps is not None:
+        name += f"-K{config.full_steps}-{config.placement}" + (
+            f"-p{config.power:g}" if config.placement == "late-dense" else ""
+        )
+    return name
 
 
 # What each PNG is, in {folder}/metadata.jsonl.

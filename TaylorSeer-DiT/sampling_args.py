@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from common.cli import (
-    FACTOR_DTYPES,
     UsageError,
     add_taylorseer_args,
     check_schedule_flags,
@@ -28,10 +27,17 @@ from common.cli import (
     int_range,
     parse_device,
     taylorseer_config_from_args,
+    taylorseer_fields,
     warn,
 )
 from common.integrity import weights_fingerprint
-from common.methods import MethodConfig, add_method_args, method_config_from_args, warn_unused_method_flags
+from common.methods import (
+    MethodConfig,
+    add_method_args,
+    fora_of,
+    method_config_from_args,
+    warn_unused_method_flags,
+)
 from common.taylor_cache import TaylorSeerConfig
 from common.teacache import TEACACHE_COEFFICIENTS, read_fit
 from taylorseer_dit.checkpoints import DEFAULT_DIR, VAE_DIR_ENV, find_dit_checkpoint, load_dit, load_vae
@@ -148,7 +154,7 @@ def check_model_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     # The TaylorSeer flags are checked whatever the method: FORA's row in sample.py's comparison takes N and E too.
     taylorseer_config_from_args(args, parser)
     config = method_config_from_args(args, parser)
-    if args.method == "taylorseer":
+    if args.method in ("taylorseer", "fora"):
         # Only now is the step count known (it may be the model's default): a schedule that would run TaylorSeer as
         # FORA under a TaylorSeer label is refused here, before any weights are read.
         check_schedule_flags(config, args.num_sampling_steps, parser)
@@ -181,14 +187,9 @@ def model_depth(args: argparse.Namespace) -> int:
 
 
 def fora_config(args: argparse.Namespace) -> TaylorSeerConfig:
-    """FORA with the TaylorSeer flags' N and E (TaylorSeer of order 0): the baseline row of sample.py's comparison.
-    The flags must have passed :func:`check_model_args`."""
-    return TaylorSeerConfig(
-        interval=args.interval,
-        max_order=0,
-        first_enhance=args.first_enhance,
-        factor_dtype=FACTOR_DTYPES[args.factor_dtype],
-    )
+    """FORA on the TaylorSeer flags' schedule (N and E, or the placement; TaylorSeer of order 0): the baseline row of
+    sample.py's comparison. The flags must have passed :func:`check_model_args`."""
+    return fora_of(TaylorSeerConfig(**taylorseer_fields(args)))
 
 
 def warn_about_teacache_fit(args: argparse.Namespace) -> None:

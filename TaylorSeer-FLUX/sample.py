@@ -227,7 +227,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Met
     if args.whole_single_stack:
         args.cached_blocks = FLUX_PRESETS[spec.preset].depth_single_blocks
     config = method_config_from_args(args, parser)
-    if args.method == "taylorseer":
+    if args.method in ("taylorseer", "fora"):
         check_schedule_flags(taylorseer, args.num_steps, parser)
     for name in ("width", "height"):
         value = getattr(args, name)

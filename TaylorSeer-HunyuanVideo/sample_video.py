@@ -360,7 +360,7 @@ def _method_config(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             f"--cached-blocks {args.cached_blocks} exceeds the {blocks} blocks of {args.model}: use 1..{blocks}"
         )
     config = method_config_from_args(args, parser)
-    if args.method == "taylorseer":
+    if args.method in ("taylorseer", "fora"):
         check_schedule_flags(config, args.infer_steps, parser)
     return config
 

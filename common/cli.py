@@ -4,6 +4,7 @@ the help formatter, and the one error type that scripts print as a single ``erro
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -15,7 +16,14 @@ from typing import TypeVar
 import torch
 
 from .checkpoint import CheckpointError
-from .taylor_cache import TaylorSeerConfig, check_schedule
+from .taylor_cache import (
+    FORECASTERS,
+    MAX_HERMITE_SCALE,
+    MAX_PLACEMENT_POWER,
+    PLACEMENTS,
+    TaylorSeerConfig,
+    check_schedule,
+)
 
 T = TypeVar("T")
 
@@ -235,21 +243,95 @@ def add_taylorseer_args(
         default="auto",
         help="dtype of the stored Taylor factors; auto = the features' dtype (as the reference)",
     )
+    group.add_argument(
+        "--forecaster",
+        choices=FORECASTERS,
+        default="taylor",
+        help="taylor: the paper's forecast; newton: divided differences on the true full-step positions; hermite: "
+        "HiCache's scaled Hermite basis",
+    )
+    group.add_argument(
+        "--hermite-scale",
+        type=finite_float(0, MAX_HERMITE_SCALE, low_open=True),
+        default=0.5,
+        help="s of --forecaster hermite (HiCache's contraction)",
+    )
+    group.add_argument(
+        "--full-steps",
+        type=int_range(1),
+        default=None,
+        help="K full steps per run, placed by --placement (replaces --interval); the warm-up steps count among them",
+    )
+    group.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="uniform",
+        help="where the --full-steps go: uniform, late-dense (denser towards the end), or list (--full-step-list)",
+    )
+    group.add_argument(
+        "--placement-power",
+        type=finite_float(0, MAX_PLACEMENT_POWER, low_open=True),
+        default=None,
+        help="late-dense: positions ∝ u^power (< 1 denser late); default 0.7",
+    )
+    group.add_argument(
+        "--full-step-list",
+        type=full_step_list_arg,
+        default=None,
+        metavar="STEPS|FILE",
+        help='--placement list: comma-separated full steps (e.g. 0,1,5,9), or a JSON file with a "full_steps" '
+        "list (what search_placement.py writes)",
+    )
     return group
+
+
+def full_step_list_arg(text: str) -> tuple[int, ...]:
+    """argparse ``type=`` of --full-step-list: "0,1,5" or a JSON file holding ``{"full_steps": [0, 1, 5, ...]}``."""
+    path = Path(text).expanduser()
+    if path.suffix == ".json" or path.is_file():
+        try:
+            steps = json.loads(path.read_text(encoding="utf-8"))["full_steps"]
+        except OSError as err:
+            raise argparse.ArgumentTypeError(f"cannot read {path}: {err.strerror}") from None
+        except (ValueError, KeyError, TypeError):
+            raise argparse.ArgumentTypeError(f'{path} is not a JSON file with a "full_steps" list') from None
+        if not isinstance(steps, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in steps):
+            raise argparse.ArgumentTypeError(f'{path}: "full_steps" must be a list of integers')
+        return tuple(steps)
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither comma-separated integers (e.g. 0,1,5,9) nor a JSON file"
+        ) from None
+
+
+def taylorseer_fields(args: argparse.Namespace) -> dict:
+    """The TaylorSeerConfig fields of parsed flags (one mapping, shared by every place that builds the config)."""
+    return {
+        "interval": args.interval,
+        "max_order": args.max_order,
+        "first_enhance": args.first_enhance,
+        "derivative_start_step": args.derivative_start_step,
+        "factor_dtype": FACTOR_DTYPES[args.factor_dtype],
+        "forecaster": args.forecaster,
+        "hermite_scale": args.hermite_scale,
+        "full_steps": args.full_steps,
+        "placement": args.placement,
+        "placement_power": args.placement_power,
+        "full_step_list": args.full_step_list,
+    }
 
 
 def taylorseer_config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TaylorSeerConfig:
     """The config for parsed flags; an invalid value exits through ``parser.error`` with the reason."""
     try:
-        return TaylorSeerConfig(
-            interval=args.interval,
-            max_order=args.max_order,
-            first_enhance=args.first_enhance,
-            derivative_start_step=args.derivative_start_step,
-            factor_dtype=FACTOR_DTYPES[args.factor_dtype],
-        )
+        return TaylorSeerConfig(**taylorseer_fields(args))
     except (TypeError, ValueError) as err:
-        parser.error(f"invalid TaylorSeer setting: {err}")
+        message = str(err)
+        for field in ("full_step_list", "full_steps", "placement_power", "hermite_scale"):
+            message = message.replace(field, "--" + field.replace("_", "-"))
+        parser.error(f"invalid TaylorSeer setting: {message}")
 
 
 def check_schedule_flags(config: TaylorSeerConfig, num_steps: int, parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 import torch
 
 from .caching import CacheMethod
-from .cli import FACTOR_DTYPES, finite_float, int_range, warn
+from .cli import finite_float, int_range, taylorseer_fields, warn
 from .delta_dit import DeltaDiTCache, DeltaDiTConfig
 from .taylor_cache import TaylorCache, TaylorSeerConfig
 from .teacache import TEACACHE_COEFFICIENTS, TeaCache, TeaCacheConfig, load_coefficients
@@ -35,6 +35,8 @@ __all__ = [
     "make_cache",
     "method_config_from_args",
     "method_record",
+    "fora_of",
+    "schedule_label",
     "teacache_coefficients_arg",
     "warn_unused_method_flags",
 ]
@@ -105,6 +107,12 @@ METHOD_FLAGS = {
     "--first-enhance": ("taylorseer", "fora", "delta-dit", "toca", "duca"),
     "--derivative-start-step": ("taylorseer",),
     "--factor-dtype": ("taylorseer", "fora"),
+    "--forecaster": ("taylorseer",),
+    "--hermite-scale": ("taylorseer",),
+    "--full-steps": ("taylorseer", "fora"),
+    "--placement": ("taylorseer", "fora"),
+    "--placement-power": ("taylorseer", "fora"),
+    "--full-step-list": ("taylorseer", "fora"),
     "--cached-blocks": ("delta-dit",),
     "--delta-boundary": ("delta-dit",),
     "--fresh-ratio": ("toca", "duca"),
@@ -148,14 +156,8 @@ def _config(args: argparse.Namespace) -> MethodConfig:
     if args.method == "full":
         return None
     if args.method in ("taylorseer", "fora"):
-        config = TaylorSeerConfig(
-            interval=args.interval,
-            max_order=args.max_order,
-            first_enhance=args.first_enhance,
-            derivative_start_step=args.derivative_start_step,
-            factor_dtype=FACTOR_DTYPES[args.factor_dtype],
-        )
-        return replace(config, max_order=0, derivative_start_step=0) if args.method == "fora" else config
+        config = TaylorSeerConfig(**taylorseer_fields(args))
+        return fora_of(config) if args.method == "fora" else config
     if args.method == "delta-dit":
         return DeltaDiTConfig(
             interval=args.interval,
@@ -172,6 +174,24 @@ def _config(args: argparse.Namespace) -> MethodConfig:
             first_enhance=args.first_enhance,
         )
     return TeaCacheConfig(threshold=args.teacache_thresh, coefficients=load_coefficients(args.teacache_coefficients))
+
+
+def fora_of(config: TaylorSeerConfig) -> TaylorSeerConfig:
+    """FORA on ``config``'s schedule (interval or placement): order 0, whose forecast is plain reuse whatever the
+    forecaster, so the forecaster is reset to keep one record per FORA setting."""
+    return replace(config, max_order=0, derivative_start_step=0, forecaster="taylor", hermite_scale=0.5)
+
+
+# TaylorSeer fields added after result records existed: written only when set away from their defaults, so that
+# records of runs made before them (which lack them) still match and their folders resume.
+LATER_FIELDS = {
+    "forecaster": "taylor",
+    "hermite_scale": 0.5,
+    "full_steps": None,
+    "placement": "uniform",
+    "placement_power": None,
+    "full_step_list": None,
+}
 
 
 def make_cache(method: str, config: MethodConfig) -> CacheMethod | None:
@@ -194,6 +214,10 @@ def method_record(method: str, config: MethodConfig) -> dict | None:
     if config is None:
         return None
     fields = asdict(config)
+    if isinstance(config, TaylorSeerConfig):
+        fields = {k: v for k, v in fields.items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
+        if fields.get("full_step_list") is not None:
+            fields["full_step_list"] = list(fields["full_step_list"])
     if isinstance(fields.get("factor_dtype"), torch.dtype):
         fields["factor_dtype"] = str(fields["factor_dtype"]).removeprefix("torch.")
     if "coefficients" in fields:
@@ -201,14 +225,29 @@ def method_record(method: str, config: MethodConfig) -> dict | None:
     return {"method": method, **fields}
 
 
+def schedule_label(config: TaylorSeerConfig) -> str:
+    """ "N=5" for the interval schedule, "K=8 late-dense" / "K=8 uniform" for a placement, "K=8 list" for a list."""
+    if config.placement == "list":
+        return f"K={len(config.full_step_list)} list"
+    if config.full_steps is not None:
+        power = (
+            f" p={config.power:g}" if config.placement == "late-dense" and config.placement_power is not None else ""
+        )
+        return f"K={config.full_steps} {config.placement}{power}"
+    return f"N={config.interval}"
+
+
 def describe(method: str, config: MethodConfig) -> str:
     """A short label, e.g. "TaylorSeer N=5 O=3", "ToCa N=5 R=0.1", "TeaCache l=0.4"."""
     if config is None:
         return "full compute"
-    if method == "fora":
-        return f"FORA N={config.interval}"
-    if method == "taylorseer":
-        return f"TaylorSeer N={config.interval} O={config.max_order}"
+    if method in ("fora", "taylorseer"):
+        name = (
+            f"FORA {schedule_label(config)}"
+            if method == "fora"
+            else f"TaylorSeer {schedule_label(config)} O={config.max_order}"
+        )
+        return name if config.forecaster == "taylor" else f"{name} {config.forecaster}"
     if method == "delta-dit":
         return f"Δ-DiT N={config.interval} k={config.cached_blocks}"
     if method in ("toca", "duca"):

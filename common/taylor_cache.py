@@ -16,13 +16,27 @@ curved features (exact only for features linear in the step index). The time var
 order (0 = first, noisiest step); a tree whose reference counts down gives identical arithmetic, because d and x change
 sign together.
 
-The full-vs-forecast decision is the pure function :func:`is_full_step` of (step, config). The sampler calls
+Beyond the paper (all off by default, so that the defaults reproduce the reference):
+
+* ``forecaster``: how the factors forecast. ``taylor`` is the paper's; ``newton`` forms true divided differences on
+  the actual full-step positions and evaluates Newton's interpolation polynomial (exact on polynomials of degree
+  <= the order at any spacing); ``hermite`` is HiCache's scaled-Hermite basis (Feng et al., "HiCache: Training-free
+  Acceleration of Diffusion Models via Hermite Polynomial-based Feature Caching", arXiv 2508.16984, ICLR 2026):
+  the same factors F_i as Taylor, forecast as  F_0 + sum_i F_i * s^i * H_i(s x) / i!  with the physicists' Hermite
+  polynomials H_i and the contraction s (``hermite_scale``).
+* Full-step placement by budget (:func:`full_step_indices`): ``full_steps`` = K full steps per run, placed
+  ``uniform``-ly or ``late-dense`` (positions of the non-warm-up full steps ∝ u^power, denser towards the end, where
+  the features change fastest), or at an explicit ``list`` of steps; placements never spend a full step on the
+  last step, whose output the sampler scales down most (DDIM's last update weighs the prediction by ~0.01).
+
+The full-vs-forecast decision is the pure function :func:`is_full_step` of (step, config, step count). The sampler calls
 :meth:`TaylorCache.begin_step` once per step; blocks only call :meth:`TaylorCache.apply` (through :func:`cached`),
 or :meth:`TaylorCache.apply_group` (through :func:`cached_group`) for one computation with several cached outputs.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -32,6 +46,8 @@ import torch
 from .caching import CacheMethod, LayerCache, cached, cached_group
 
 __all__ = [
+    "FORECASTERS",
+    "PLACEMENTS",
     "TaylorSeerConfig",
     "TaylorCache",
     "LayerCache",
@@ -42,7 +58,18 @@ __all__ = [
     "check_schedule",
     "update_factors",
     "taylor_forecast",
+    "hermite_forecast",
+    "update_divided_differences",
+    "newton_forecast",
+    "placed_full_steps",
 ]
+
+FORECASTERS = ("taylor", "newton", "hermite")
+PLACEMENTS = ("uniform", "late-dense", "list")
+# The placement power that the digits trial found best for Newton O=2 (issue 11): positions ∝ u^0.7.
+LATE_DENSE_POWER = 0.7
+MAX_PLACEMENT_POWER = 4.0
+MAX_HERMITE_SCALE = 2.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +90,19 @@ class TaylorSeerConfig:
     factor_dtype: torch.dtype | None = None
     """dtype of the stored Taylor factors; None keeps the feature's dtype (what the reference does, bf16 included).
     float32 makes the finite differences of bf16 models exact to fp32 rounding."""
+    forecaster: str = "taylor"
+    """How the factors forecast: taylor (the paper's), newton or hermite (see the module docstring)."""
+    hermite_scale: float = 0.5
+    """s of the hermite forecaster, in (0, 2]: HiCache's contraction of the Hermite argument and terms."""
+    full_steps: int | None = None
+    """K: full steps per run, placed by ``placement`` instead of one every ``interval`` steps (None: the interval
+    schedule)."""
+    placement: str = "uniform"
+    """Where the K full steps go: uniform, late-dense, or list (``full_step_list``)."""
+    placement_power: float | None = None
+    """late-dense: the power of u in the positions (< 1 is denser late); None = 0.7."""
+    full_step_list: tuple[int, ...] | None = None
+    """placement list: the full steps themselves, increasing, starting at 0."""
 
     def __post_init__(self) -> None:
         _require_int("interval", self.interval, minimum=1)
@@ -73,11 +113,60 @@ class TaylorSeerConfig:
             isinstance(self.factor_dtype, torch.dtype) and self.factor_dtype.is_floating_point
         ):
             raise ValueError(f"factor_dtype must be a floating torch.dtype or None, got {self.factor_dtype!r}")
+        if self.forecaster not in FORECASTERS:
+            raise ValueError(f"forecaster must be one of {', '.join(FORECASTERS)}, got {self.forecaster!r}")
+        _require_float("hermite_scale", self.hermite_scale, 0.0, MAX_HERMITE_SCALE)
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
+        if self.full_steps is not None:
+            _require_int("full_steps", self.full_steps, minimum=1)
+            if self.full_steps < self.first_enhance:
+                raise ValueError(
+                    f"full_steps {self.full_steps} is below first_enhance {self.first_enhance}, whose warm-up steps "
+                    "are full steps too: raise full_steps or lower first_enhance"
+                )
+        if self.placement_power is not None:
+            if self.placement != "late-dense":
+                raise ValueError("placement_power sets the late-dense placement: use placement late-dense")
+            _require_float("placement_power", self.placement_power, 0.0, MAX_PLACEMENT_POWER)
+        if self.placement == "list":
+            self._check_list()
+        elif self.full_step_list is not None:
+            raise ValueError("full_step_list is the list placement's: use placement list")
+        elif self.placement == "late-dense" and self.full_steps is None:
+            raise ValueError("placement late-dense places full_steps full steps: set full_steps")
+
+    def _check_list(self) -> None:
+        steps = self.full_step_list
+        if self.full_steps is not None:
+            raise ValueError("placement list takes its full steps from full_step_list: leave full_steps unset")
+        if (
+            not isinstance(steps, tuple)
+            or not steps
+            or any(isinstance(s, bool) or not isinstance(s, int) for s in steps)
+        ):
+            raise ValueError(f"placement list needs full_step_list, a non-empty tuple of ints, got {steps!r}")
+        if steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(
+                f"full_step_list must start at step 0 (nothing to forecast from before it) and increase, got {steps}"
+            )
+
+    @property
+    def uses_placement(self) -> bool:
+        """True when the full steps are placed by budget or listed rather than one every ``interval`` steps."""
+        return self.full_steps is not None or self.placement == "list"
+
+    @property
+    def power(self) -> float:
+        """The exponent of the placement: 1 for uniform, ``placement_power`` (default 0.7) for late-dense."""
+        if self.placement == "late-dense":
+            return LATE_DENSE_POWER if self.placement_power is None else self.placement_power
+        return 1.0
 
     @property
     def is_uncached(self) -> bool:
         """True when every step is full, i.e. the method is switched off."""
-        return self.interval == 1
+        return self.interval == 1 and not self.uses_placement
 
 
 def _require_int(name: str, value: object, minimum: int) -> None:
@@ -87,20 +176,70 @@ def _require_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
-def is_full_step(step: int, config: TaylorSeerConfig) -> bool:
-    """Whether sampling step ``step`` (0-based, in sampling order) runs the full model.
+def _require_float(name: str, value: object, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not low < value <= high:
+        raise ValueError(f"{name} must be in ({low:g}, {high:g}], got {value}")
 
-    Full <=> step < E  or  (step - (E - 1)) mod N == 0: the E warm-up steps, then every N-th step counted from the
-    last warm-up step. No step is forced full at the end (the reference does not do it either).
+
+def is_full_step(step: int, config: TaylorSeerConfig, num_steps: int | None = None) -> bool:
+    """Whether sampling step ``step`` (0-based, in sampling order) of a ``num_steps``-step run runs the full model.
+
+    The interval schedule: full <=> step < E  or  (step - (E - 1)) mod N == 0: the E warm-up steps, then every N-th
+    step counted from the last warm-up step; no step is forced full at the end (the reference does not do it either),
+    and ``num_steps`` is not needed. A placement (``config.uses_placement``) depends on the step count, which must be
+    given: see :func:`full_step_indices`.
     """
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
-    return step < config.first_enhance or (step - (config.first_enhance - 1)) % config.interval == 0
+    if not config.uses_placement:
+        return step < config.first_enhance or (step - (config.first_enhance - 1)) % config.interval == 0
+    if num_steps is None:
+        raise ValueError("a placed schedule (full_steps or a full-step list) needs the run's step count")
+    return step in _placed_set(num_steps, config)
+
+
+@functools.lru_cache(maxsize=64)
+def _placed_set(num_steps: int, config: TaylorSeerConfig) -> frozenset[int]:
+    return frozenset(full_step_indices(num_steps, config))
 
 
 def full_step_indices(num_steps: int, config: TaylorSeerConfig) -> list[int]:
-    """The full steps of a ``num_steps``-step run, in sampling order."""
+    """The full steps of a ``num_steps``-step run, in sampling order: the interval schedule's, the K placed ones
+    (:func:`placed_full_steps`) or the listed ones (each below ``num_steps``, else a ValueError)."""
+    _require_int("num_steps", num_steps, minimum=1)
+    if config.placement == "list":
+        beyond = [s for s in config.full_step_list if s >= num_steps]
+        if beyond:
+            raise ValueError(f"full_step_list holds steps {beyond} past the last step {num_steps - 1} of this run")
+        return list(config.full_step_list)
+    if config.full_steps is not None:
+        return placed_full_steps(num_steps, config.full_steps, config.first_enhance, config.power)
     return [s for s in range(num_steps) if is_full_step(s, config)]
+
+
+def placed_full_steps(num_steps: int, full_steps: int, first_enhance: int, power: float) -> list[int]:
+    """K = ``full_steps`` full steps of a T = ``num_steps``-step run: the E = ``first_enhance`` warm-up steps 0..E-1,
+    then m = K - E steps at round(E - 1 + (T - 2 - (E - 1)) * (j / m)^power), j = 1..m (rounded half up, and moved
+    apart where two round alike). The last lands on step T - 2: the last step's output is the one the sampler weighs
+    least (DDIM's final update scales the prediction by ~0.01), so no full step is spent there. power 1 spreads them
+    evenly; power < 1 packs them towards the end. K >= T is every step."""
+    if full_steps >= num_steps:
+        return list(range(num_steps))
+    if first_enhance > full_steps:
+        raise ValueError(f"first_enhance {first_enhance} warm-up steps exceed the {full_steps} full steps")
+    warm = list(range(first_enhance))
+    count, start, last = full_steps - first_enhance, first_enhance - 1, num_steps - 2
+    if count == 0:
+        return warm
+    # count <= num_steps - 1 - first_enhance = last - start: there is always room for one step each.
+    placed = [start + math.floor((last - start) * (j / count) ** power + 0.5) for j in range(1, count + 1)]
+    for j in range(count):  # apart from the previous one...
+        placed[j] = max(placed[j], (placed[j - 1] if j else start) + 1)
+    for j in reversed(range(count)):  # ...and room left for the next ones, the last at T - 2 at most
+        placed[j] = min(placed[j], (placed[j + 1] if j + 1 < count else last + 1) - 1)
+    return warm + placed
 
 
 def check_schedule(num_steps: int, config: TaylorSeerConfig) -> None:
@@ -108,9 +247,9 @@ def check_schedule(num_steps: int, config: TaylorSeerConfig) -> None:
     (e.g. one past the last full step): every forecast would then be plain reuse, and a run labelled TaylorSeer of
     order >= 1 would silently be FORA. A ValueError names the largest value that still works."""
     _require_int("num_steps", num_steps, minimum=1)
+    full = full_step_indices(num_steps, config)  # a placement that does not fit the run fails here
     if config.is_uncached or config.max_order == 0 or config.derivative_start_step == 0:
         return
-    full = full_step_indices(num_steps, config)
     full_set = set(full)
     forecasts = [s for s in range(num_steps) if s not in full_set]
     # Full steps that can form a derivative (they have a predecessor) and still have a forecast after them.
@@ -143,14 +282,59 @@ def taylor_forecast(factors: list[torch.Tensor], distance: int) -> torch.Tensor:
     return out
 
 
+def hermite_polynomial(n: int, x: float) -> float:
+    """The physicists' Hermite polynomial H_n(x): H_0 = 1, H_1 = 2x, H_{k+1} = 2x H_k - 2k H_{k-1}."""
+    previous, current = 1.0, 2.0 * x
+    if n == 0:
+        return previous
+    for k in range(1, n):
+        previous, current = current, 2.0 * x * current - 2.0 * k * previous
+    return current
+
+
+def hermite_forecast(factors: list[torch.Tensor], distance: int, scale: float) -> torch.Tensor:
+    """HiCache's forecast from the Taylor factors: F_0 + sum_i F_i * s^i * H_i(s x) / i!  (x = ``distance``,
+    s = ``scale``)."""
+    out = factors[0]
+    for i in range(1, len(factors)):
+        out = out + factors[i] * (scale**i * hermite_polynomial(i, scale * distance) / math.factorial(i))
+    return out
+
+
+def update_divided_differences(
+    old: list[torch.Tensor], positions: list[int], feature: torch.Tensor, step: int, max_order: int
+) -> list[torch.Tensor]:
+    """Newton's divided differences after observing ``feature`` at ``step``: ``old[k]`` = f[t_n, ..., t_{n-k}] over
+    the earlier full steps ``positions`` (newest first); the new k-th difference divides by the true span
+    step - t_{n-k+1}, whatever the spacing. The order grows by at most one per call."""
+    new = [feature]
+    for k in range(1, min(max_order, len(old)) + 1):
+        new.append((new[k - 1] - old[k - 1]) / (step - positions[k - 1]))
+    return new
+
+
+def newton_forecast(differences: list[torch.Tensor], positions: list[int], step: int) -> torch.Tensor:
+    """Newton's interpolation polynomial through the full steps ``positions`` (newest first), evaluated at ``step``
+    in Horner form: d_0 + (t - t_0)(d_1 + (t - t_1)(d_2 + ...))."""
+    out = differences[-1]
+    for k in range(len(differences) - 2, -1, -1):
+        out = differences[k] + out * (step - positions[k])
+    return out
+
+
 @dataclass
 class _Slot:
-    """Taylor state of one cached module: its factors and the full step they were last refreshed at."""
+    """Forecast state of one cached module: its factors (Taylor factors, or Newton's divided differences) and the
+    full steps they come from, newest first (Taylor and Hermite read only the newest)."""
 
     factors: list[torch.Tensor]
-    last_full_step: int
+    positions: list[int]
     feature_dtype: torch.dtype
     """dtype the module produced, restored on forecasts when the factors are kept in another dtype."""
+
+    @property
+    def last_full_step(self) -> int:
+        return self.positions[0]
 
 
 class TaylorCache(CacheMethod):
@@ -172,7 +356,7 @@ class TaylorCache(CacheMethod):
         self._slots.clear()
 
     def plan_step(self, step: int) -> bool:
-        return is_full_step(step, self.config)
+        return is_full_step(step, self.config, self.num_steps)
 
     def apply(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Run ``compute()`` and record its output at a full step, or forecast it without running it otherwise."""
@@ -206,7 +390,7 @@ class TaylorCache(CacheMethod):
             stored = stored.to(self.config.factor_dtype)
         slot = self._slots.get(key)
         if slot is None or step < self.config.derivative_start_step:
-            self._slots[key] = _Slot([stored], step, feature.dtype)
+            self._slots[key] = _Slot([stored], [step], feature.dtype)
             return
         if slot.last_full_step == step:
             raise RuntimeError(
@@ -214,9 +398,12 @@ class TaylorCache(CacheMethod):
                 "Call cache.begin_step() once per sampler step (batch CFG, or give each separately-run branch "
                 "its own TaylorCache)"
             )
-        distance = step - slot.last_full_step
-        slot.factors = update_factors(slot.factors, stored, distance, self.config.max_order)
-        slot.last_full_step = step
+        config = self.config
+        if config.forecaster == "newton":
+            slot.factors = update_divided_differences(slot.factors, slot.positions, stored, step, config.max_order)
+        else:
+            slot.factors = update_factors(slot.factors, stored, step - slot.last_full_step, config.max_order)
+        slot.positions = [step, *slot.positions[: config.max_order]]
 
     @torch.compiler.disable
     def predict(self, key: Hashable) -> torch.Tensor:
@@ -228,7 +415,13 @@ class TaylorCache(CacheMethod):
                 f"cannot forecast cache key {key!r} at step {step}: it was never computed at a full step. "
                 "The first sampling step must be full (first_enhance >= 1) and the cache reset between runs"
             )
-        return taylor_forecast(slot.factors, step - slot.last_full_step).to(slot.feature_dtype)
+        if self.config.forecaster == "newton":
+            forecast = newton_forecast(slot.factors, slot.positions, step)
+        elif self.config.forecaster == "hermite":
+            forecast = hermite_forecast(slot.factors, step - slot.last_full_step, self.config.hermite_scale)
+        else:
+            forecast = taylor_forecast(slot.factors, step - slot.last_full_step)
+        return forecast.to(slot.feature_dtype)
 
     def order(self, key: Hashable) -> int:
         """Highest Taylor order currently available for ``key`` (-1 if never computed)."""

@@ -74,6 +74,23 @@ MODEL_FLAG_CASES = [
     # 4 steps, E=2, N=4: full steps 0 and 1, forecasts 2 and 3; a derivative from step 2 on would never be formed.
     ("derivative-start FORA", flags("--derivative-start-step", "2"), "use a --derivative-start-step <= 1"),
     ("factor-dtype", flags("--factor-dtype", "int8"), "argument --factor-dtype: invalid choice: 'int8'"),
+    ("forecaster", flags("--forecaster", "spline"), "argument --forecaster: invalid choice: 'spline'"),
+    ("hermite-scale zero", flags("--hermite-scale", "0"), "--hermite-scale: expected a finite number > 0 and <= 2"),
+    ("full-steps zero", flags("--full-steps", "0"), "--full-steps: expected an integer >= 1, got 0"),
+    ("full-steps below E", flags("--full-steps", "1"), "--full-steps 1 is below first_enhance 2"),
+    ("placement", flags("--placement", "random"), "argument --placement: invalid choice: 'random'"),
+    ("late-dense without K", flags("--placement", "late-dense"), "set --full-steps"),
+    ("placement-power uniform", flags("--placement-power", "0.5"), "--placement-power sets the late-dense placement"),
+    (
+        "placement-power nan",
+        flags("--placement", "late-dense", "--full-steps", "3", "--placement-power", "nan"),
+        "--placement-power: expected a finite number > 0 and <= 4, got 'nan'",
+    ),
+    ("full-step-list text", flags("--placement", "list", "--full-step-list", "0,a"), "neither comma-separated"),
+    ("full-step-list no 0", flags("--placement", "list", "--full-step-list", "1,2"), "must start at step 0"),
+    # 4 steps: step 9 does not exist.
+    ("full-step-list beyond", flags("--placement", "list", "--full-step-list", "0,9"), "past the last step 3"),
+    ("list without steps", flags("--placement", "list"), "placement list needs --full-step-list"),
     ("method", flags("--method", "tgate"), "argument --method: invalid choice: 'tgate'"),
     ("cached-blocks zero", flags("--cached-blocks", "0"), "--cached-blocks: expected an integer >= 1, got 0"),
     # DiT-Tiny/2 has 2 blocks: a range of 3 is found only once the model is known, still before any weights.

@@ -99,6 +99,13 @@ SAMPLE_BAD_INPUTS = [
     (["--derivative-start-step", "3"], "would run as plain reuse (FORA): use a --derivative-start-step <= 2"),
     (["--derivative-start-step", "-1"], "invalid TaylorSeer setting: derivative_start_step must be >= 0"),
     (["--factor-dtype", "int8"], "argument --factor-dtype: invalid choice: 'int8'"),
+    (["--forecaster", "spline"], "argument --forecaster: invalid choice: 'spline'"),
+    (["--hermite-scale", "3"], "--hermite-scale: expected a finite number > 0 and <= 2, got 3"),
+    (["--full-steps", "0"], "--full-steps: expected an integer >= 1, got 0"),
+    (["--placement", "random"], "argument --placement: invalid choice: 'random'"),
+    (["--placement-power", "0.5"], "--placement-power sets the late-dense placement"),
+    # 4 steps: step 7 does not exist.
+    (["--placement", "list", "--full-step-list", "0,7"], "past the last step 3"),
     (["--method", "pab"], "argument --method: invalid choice: 'pab'"),
     (["--method", "delta-dit", "--cached-blocks", "0"], "argument --cached-blocks: expected an integer >= 1, got 0"),
     # The tiny checkpoint has 1 double + 1 single block; refused once its config is read, before any weight is loaded.

@@ -17,7 +17,7 @@ from common.caching import CacheMethod
 from common.cli import add_taylorseer_args
 from common.flops import count_flops
 from common.methods import METHODS, add_method_args, make_cache, method_config_from_args
-from common.taylor_cache import TaylorCache, TaylorSeerConfig
+from common.taylor_cache import TaylorCache, TaylorSeerConfig, full_step_indices
 from common.teacache import TEACACHE_COEFFICIENTS, TeaCache, TeaCacheConfig
 from common.toca import ToCaCache, ToCaConfig, fresh_count
 from taylorseer_flux import flops
@@ -305,3 +305,22 @@ def test_teacache_flops_of_a_run_from_its_step_counts(sample) -> None:
     assert teacache_flops(cache.num_full_steps, cache.num_forecast_steps, step_flops) == real
     with pytest.raises(ValueError, match="TeaCache's FLOPs depend on the run"):
         method_flops_report(TINY, WIDTH, HEIGHT, L_TXT, STEPS, "teacache", TeaCacheConfig())
+
+
+@pytest.mark.parametrize(
+    ("forecaster", "schedule"),
+    [
+        ("taylor", ("--full-steps", "4")),
+        ("newton", ("--full-steps", "4", "--placement", "late-dense")),
+        ("hermite", ("--full-steps", "4", "--placement", "late-dense", "--placement-power", "0.5")),
+        ("newton", ("--placement", "list", "--full-step-list", "0,2,5,6")),
+    ],
+    ids=["taylor-uniform", "newton-late-dense", "hermite-late-dense", "newton-list"],
+)
+def test_every_forecaster_and_placement_runs(forecaster, schedule, sample, full) -> None:
+    method, config = parse("--forecaster", forecaster, "--max-order", "2", *schedule)
+    cache = make_cache(method, config)
+    out = sample(cache)
+    assert cache.num_full_steps == len(full_step_indices(STEPS, config)) == 4
+    error = relative_error(out, full)
+    assert 0 < error < 0.2, (forecaster, schedule, error)

@@ -286,6 +286,17 @@ SAMPLE_BAD_INPUTS = [
         id="derivative-start-past-schedule",
     ),
     pytest.param([*CAT, "--factor-dtype", "int8"], "--factor-dtype: invalid choice", {}, id="factor-dtype"),
+    pytest.param([*CAT, "--forecaster", "spline"], "--forecaster: invalid choice", {}, id="forecaster"),
+    pytest.param([*CAT, "--hermite-scale", "nan"], "--hermite-scale: expected a finite", {}, id="hermite-scale"),
+    pytest.param([*CAT, "--full-steps", "0"], "--full-steps: expected an integer >= 1", {}, id="full-steps"),
+    pytest.param([*CAT, "--placement", "random"], "--placement: invalid choice", {}, id="placement"),
+    pytest.param([*CAT, "--placement-power", "2"], "sets the late-dense placement", {}, id="placement-power"),
+    pytest.param(
+        [*CAT, "--placement", "list", "--full-step-list", "missing.json"],
+        "cannot read missing.json",
+        {},
+        id="full-step-list",
+    ),
     # caching method
     pytest.param([*CAT, "--method", "magic"], "--method: invalid choice: 'magic'", {}, id="method"),
     pytest.param(

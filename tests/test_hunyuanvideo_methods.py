@@ -19,7 +19,7 @@ from common.caching import CacheMethod
 from common.cli import add_taylorseer_args
 from common.flops import count_flops
 from common.methods import METHODS, add_method_args, describe, make_cache, method_config_from_args
-from common.taylor_cache import TaylorCache, TaylorSeerConfig
+from common.taylor_cache import TaylorCache, TaylorSeerConfig, full_step_indices
 from common.teacache import TEACACHE_COEFFICIENTS, TeaCache, TeaCacheConfig
 from common.toca import ToCaCache, ToCaConfig, fresh_count
 from taylorseer_hunyuanvideo.flops import RunFlops, hunyuan_method_flops, schedule_step_kinds, teacache_step_flops
@@ -268,3 +268,22 @@ def test_teacache_flops_from_step_counts_equal_a_real_runs(model) -> None:
     assert run.flops == counted and run.baseline_flops == counted_run(model, None)
     with pytest.raises(ValueError, match="TeaCache's FLOPs depend on the run"):
         hunyuan_method_flops(TINY, **VIDEO, text_len=L_TXT, num_steps=STEPS, method="teacache", config=cache.config)
+
+
+@pytest.mark.parametrize(
+    ("forecaster", "schedule"),
+    [
+        ("taylor", ("--full-steps", "4")),
+        ("newton", ("--full-steps", "4", "--placement", "late-dense")),
+        ("hermite", ("--full-steps", "4", "--placement", "late-dense", "--placement-power", "0.5")),
+        ("newton", ("--placement", "list", "--full-step-list", "0,2,5,6")),
+    ],
+    ids=["taylor-uniform", "newton-late-dense", "hermite-late-dense", "newton-list"],
+)
+def test_every_forecaster_and_placement_runs(forecaster, schedule, model, full) -> None:
+    method, config = parse("--forecaster", forecaster, "--max-order", "2", *schedule)
+    cache = make_cache(method, config)
+    out = sample(model, cache)
+    assert cache.num_full_steps == len(full_step_indices(STEPS, config)) == 4
+    error = relative_error(full, out)
+    assert 0 < error < 0.2, (forecaster, schedule, error)
