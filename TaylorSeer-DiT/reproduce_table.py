@@ -16,8 +16,10 @@ Per row:
 * FLOPs speedup: every matmul of one counted run of the row's method on the first batch of sample indices (what the
   method computed, whatever it decided), against full compute's count; for full, TaylorSeer and FORA also the
   TaylorSeer paper's count (``details``). TeaCache decides per batch: its count is the first batch's.
-* Latency speedup: full compute's sampling seconds per sample over the row's (sample_ddp.py's own timing; a row that
-  resumed counts the samples of its last invocation only).
+* Latency speedup: full compute's sampling seconds over the row's on the first batch, each the fastest of
+  --timing-repeats runs interleaved across the rows once every row is sampled (a whole row's sampling time would
+  measure whatever else the machine did meanwhile, and a resumed row's only part of it; sample_ddp.py's own seconds
+  per sample stay in ``details``).
 * Quality: the bundled digits model is measured in the feature space of the shipped digits classifier (FID against
   the real digits, class agreement, relative L2 error of the 8-bit images against full compute); any other model by
   Inception FID against --reference (ADM's reference batch for ImageNet) and Inception Score. sFID is not computed
@@ -33,17 +35,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.cli import UsageError, parse_device, run_cli
+from common.cli import UsageError, int_range, parse_device, run_cli
 from common.flops import FlopsReport, count_flops
 from common.methods import make_cache
 from common.paired_stats import (
@@ -53,7 +56,7 @@ from common.paired_stats import (
     bootstrap_mean,
     bootstrap_rel_l2,
 )
-from common.paper_table import RowLog, TableSpec, check_results_dir, load_table, write_table
+from common.paper_table import RowLog, TableSpec, check_results_dir, load_table, resolve_table_paths, write_table
 from common.taylor_cache import TaylorSeerConfig
 from taylorseer_dit import sample_ddp
 from taylorseer_dit.defaults import BUNDLED_MODEL
@@ -62,7 +65,7 @@ from taylorseer_dit.digits import DIGITS_IMAGE_SIZE, load_classifier
 from taylorseer_dit.fidelity import compute_metrics, fid_features, fid_of_features
 from taylorseer_dit.flops import reference_step_flops
 from taylorseer_dit.models import DiT_models
-from taylorseer_dit.pipeline import sample_dit
+from taylorseer_dit.pipeline import SamplingResult, sample_dit
 from taylorseer_dit.sampling_args import latent_scale, load_model, weights_id
 
 TREE = Path(__file__).resolve().parent
@@ -72,6 +75,8 @@ BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 SCHEDULED = ("full", "taylorseer", "fora")  # methods whose cost the paper's FLOPs count covers
 DIGITS = "digits"
+# Sampler flags whose files a table names relative to its own folder.
+TABLE_PATH_FLAGS = ("--ckpt", "--vae-path", "--full-step-list")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,13 +95,26 @@ def build_parser() -> argparse.ArgumentParser:
         "model is always measured against the real digits)",
     )
     parser.add_argument("--inception-weights", default=None, help="Inception weights file (see evaluate.py)")
-    parser.add_argument("--device", default="cpu", help="device of the FLOPs count and the evaluation")
+    parser.add_argument("--device", default="cpu", help="device of the FLOPs count, the timing and the evaluation")
+    parser.add_argument(
+        "--timing-repeats",
+        type=int_range(1, 100),
+        default=3,
+        help="latency: every row's first batch is timed this many times, interleaved across rows; the fastest counts",
+    )
     parser.epilog = "Flags after -- are appended to every row's sample_ddp.py flags."
     return parser
 
 
 def row_argv(spec: TableSpec, flags: Sequence[str], extra: Sequence[str]) -> list[str]:
-    return [*spec.settings, *flags, *extra]
+    """A row's sample_ddp.py flags: the table's settings, the row's (both with their files named relative to the
+    table file), then the command line's extra flags (relative to the working directory)."""
+    folder = spec.path.parent
+    table = [
+        *resolve_table_paths(spec.settings, folder, TABLE_PATH_FLAGS),
+        *resolve_table_paths(flags, folder, TABLE_PATH_FLAGS),
+    ]
+    return [*table, *extra]
 
 
 def parse_row(argv: Sequence[str], name: str) -> tuple[argparse.Namespace, object]:
@@ -208,23 +226,43 @@ def pixels(npz: Path) -> torch.Tensor:
     return images / 127.5 - 1
 
 
-def counted_flops(args: argparse.Namespace, config, device: torch.device) -> tuple[float, int]:
-    """Matmul FLOPs of one run of the row's method on the first batch of indices (sample_ddp.py's first batch), and
-    its full steps."""
-    model = load_model(args, device)
+def first_batch(model, args: argparse.Namespace, config) -> Callable[[], SamplingResult]:
+    """A run of the row's method on sample_ddp.py's first batch of indices (its labels, noise and generators)."""
     batch = range(min(args.per_proc_batch_size, args.num_fid_samples))
     latent_shape = (model.in_channels, model.input_size, model.input_size)
     labels, noise, generators = sample_ddp.sample_inputs(batch, args.global_seed, args.num_classes, latent_shape)
     diffusion = create_diffusion(str(args.num_sampling_steps))
+    noise = noise.to(next(model.parameters()).device)
+
+    def run() -> SamplingResult:
+        return sample_dit(model, diffusion, labels, cfg_scale=args.cfg_scale, cache=make_cache(args.method, config),
+                          ddim=args.ddim_sample, seed=args.global_seed, noise=noise, generator=generators)  # fmt: skip
+
+    return run
+
+
+def counted_flops(model, args: argparse.Namespace, config) -> tuple[float, int]:
+    """Matmul FLOPs of one run of the row's method on the first batch, and its full steps."""
+    run = first_batch(model, args, config)
     steps = {}
 
-    def run() -> None:
-        result = sample_dit(model, diffusion, labels, cfg_scale=args.cfg_scale, cache=make_cache(args.method, config),
-                            ddim=args.ddim_sample, seed=args.global_seed, noise=noise.to(device),
-                            generator=generators)  # fmt: skip
-        steps["full"] = result.num_full_steps
+    def counted() -> None:
+        steps["full"] = run().num_full_steps
 
-    return float(count_flops(run)), steps["full"]
+    return float(count_flops(counted)), steps["full"]
+
+
+def time_rows(model, rows: dict, repeats: int) -> dict[str, float]:
+    """Row name -> the fastest of ``repeats`` timed runs of its first batch, the rows interleaved (A B C A B C ...)
+    so that a busy phase of the machine slows every row alike, after one untimed run of each (warm-up)."""
+    runs = {name: first_batch(model, args, config) for name, (_, args, config) in rows.items()}
+    for run in runs.values():
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            seconds[name].append(run().seconds)
+    return {name: min(values) for name, values in seconds.items()}
 
 
 def paper_count_speedup(args: argparse.Namespace, config) -> float | None:
@@ -255,6 +293,7 @@ def main(options: argparse.Namespace, extra: Sequence[str]) -> dict:
     log = RowLog(results_dir / "rows.jsonl")
     sample_dir = results_dir / "samples"
     weights = weights_id(reference_args)
+    model = load_model(reference_args, device)  # every row samples the same model (check_one_sampling)
     results: dict[str, dict] = {}
     for row in spec.rows:
         argv, args, config = rows[row.name]
@@ -268,15 +307,13 @@ def main(options: argparse.Namespace, extra: Sequence[str]) -> dict:
         if full is not None and not Path(full["details"]["npz"]).is_file():
             # Full compute's samples are the reference of the errors: resampled (identically) when they are gone.
             run_sampler(launcher, rows[spec.reference.name][0], sample_dir)
-        flops, full_steps = counted_flops(args, config, device)
+        flops, full_steps = counted_flops(model, args, config)
         npz = Path(summary["npz"])
         metrics, replicates = yardstick.measure(npz, npz if full is None else Path(full["details"]["npz"]))
-        seconds = seconds_per_sample(summary)
         full_flops = flops if full is None else full["details"]["matmul_flops"]
-        full_seconds = seconds if full is None else full["details"]["seconds_per_sample"]
         result = {
             "flops_speedup": full_flops / flops,
-            "latency_speedup": full_seconds / seconds if full_seconds and seconds else None,
+            "latency_speedup": None,  # from the interleaved timing of every row, below
             "metrics": metrics,
             "replicates": replicates,
             "details": {
@@ -284,14 +321,19 @@ def main(options: argparse.Namespace, extra: Sequence[str]) -> dict:
                 "paper_count_speedup": paper_count_speedup(args, config),
                 "full_steps_first_batch": full_steps,
                 "mean_full_steps": summary.get("mean_full_steps"),
-                "seconds_per_sample": seconds,
+                "sampler_seconds_per_sample": seconds_per_sample(summary),
                 "npz": str(npz),
                 "method_settings": summary.get("method_settings"),
             },
         }
         log.record(row.name, settings, result)
         results[row.name] = result
-    return write_table(results_dir, spec, results, caveat=None, lines=describe(spec, reference_args, yardstick))
+    seconds = time_rows(model, rows, options.timing_repeats)
+    for name, result in results.items():
+        result["latency_speedup"] = seconds[spec.reference.name] / seconds[name]
+        result["details"]["batch_seconds_min"] = seconds[name]
+    lines = describe(spec, reference_args, yardstick, options.timing_repeats, device)
+    return write_table(results_dir, spec, results, caveat=None, lines=lines)
 
 
 def check_launcher(text: str | None) -> list[str]:
@@ -331,15 +373,18 @@ def check_one_sampling(spec: TableSpec, rows: dict) -> None:
             )
 
 
-def describe(spec: TableSpec, args: argparse.Namespace, yardstick: Yardstick) -> list[str]:
+def describe(
+    spec: TableSpec, args: argparse.Namespace, yardstick: Yardstick, repeats: int, device: torch.device
+) -> list[str]:
     sampler = "DDIM" if args.ddim_sample else "DDPM"
     lines = [
         f"Measured: {args.model} at {args.image_size}², {sampler} {args.num_sampling_steps} steps, CFG "
         f"{args.cfg_scale}, {args.num_fid_samples} samples of sample_ddp.py --global-seed {args.global_seed} (every "
         "row the same labels and noise, index by index).",
         "FLOPs speedup: every matmul of one counted run of the row on the first batch, against full compute's "
-        "(TeaCache's skips depend on the batch); latency: sampling seconds per sample, full compute's over the "
-        "row's, on this machine.",
+        "(TeaCache's skips depend on the batch). Latency speedup: full compute's sampling seconds of the first batch "
+        f"over the row's, each the fastest of {repeats} runs interleaved across the rows (after a warm-up run), on "
+        f"{device.type} ({os.cpu_count()} CPU cores here): timings of a shared machine are noisy, the FLOPs are not.",
     ]
     if yardstick.bundled:
         lines.append(

@@ -51,7 +51,16 @@ import torch
 from common.cli import HelpFormatter, UsageError, int_range, run_cli
 from common.methods import METHOD_FLAGS, MethodConfig
 from common.paired_stats import bootstrap_indices, bootstrap_mean
-from common.paper_table import ROW_LOG, RowLog, TableRow, TableSpec, check_results_dir, load_table, write_table
+from common.paper_table import (
+    ROW_LOG,
+    RowLog,
+    TableRow,
+    TableSpec,
+    check_results_dir,
+    load_table,
+    resolve_table_paths,
+    write_table,
+)
 from common.quality_metrics import LPIPS_NETS
 from common.teacache import TeaCacheConfig
 from taylorseer_flux import evaluate, sample
@@ -155,23 +164,6 @@ def check_extra_flags(extra: Sequence[str]) -> None:
         )
 
 
-def resolve_table_paths(flags: Sequence[str], folder: Path) -> list[str]:
-    """``flags`` with the values of --prompt-file and --ckpt-dir made absolute from the table's ``folder``."""
-    out, pending = [], False
-    for flag in flags:
-        if pending:
-            out.append(str((folder / Path(flag).expanduser()).resolve()))
-            pending = False
-            continue
-        name, sep, value = flag.partition("=")
-        if name in TABLE_PATH_FLAGS and sep:
-            out.append(f"{name}={(folder / Path(value).expanduser()).resolve()}")
-            continue
-        pending = flag in TABLE_PATH_FLAGS
-        out.append(flag)
-    return out
-
-
 def row_slug(name: str) -> str:
     """A row's folder name: lowercase ASCII words, other letters by their Unicode name ("Δ-DiT (N=3)" ->
     "delta-dit-n-3")."""
@@ -213,11 +205,11 @@ def count_flops(args: argparse.Namespace, config: MethodConfig, params: FluxPara
 
 def plan_rows(spec: TableSpec, extra: Sequence[str]) -> list[RowPlan]:
     """Every row's flags parsed and FLOPs counted, its weights found and identified: all before any sampling."""
-    settings = resolve_table_paths(spec.settings, spec.path.parent)
+    settings = resolve_table_paths(spec.settings, spec.path.parent, TABLE_PATH_FLAGS)
     identities: dict[tuple[str, str | None], tuple[str, FluxParams]] = {}
     plans, slugs = [], {}
     for row in spec.rows:
-        flags = resolve_table_paths(row.flags, spec.path.parent)
+        flags = resolve_table_paths(row.flags, spec.path.parent, TABLE_PATH_FLAGS)
         for flag in RUNNER_FLAGS:
             if flag in flag_names([*settings, *flags]):
                 raise UsageError(f"{spec.path}: row {row.name!r} sets {flag}, which the runner sets for every row")

@@ -60,6 +60,7 @@ __all__ = [
     "load_table",
     "ordering",
     "paired_difference",
+    "resolve_table_paths",
     "row_method",
     "table_markdown",
     "write_table",
@@ -222,6 +223,24 @@ def load_table(path: str | Path) -> TableSpec:
     )
 
 
+def resolve_table_paths(flags: Sequence[str], folder: Path, path_flags: Sequence[str]) -> list[str]:
+    """``flags`` with the values of the ``path_flags`` (e.g. --prompt-file) made absolute from the table file's
+    ``folder``: a table names its files relative to itself, so that it works from any working directory."""
+    out, pending = [], False
+    for flag in flags:
+        if pending:
+            out.append(str((folder / Path(flag).expanduser()).resolve()))
+            pending = False
+            continue
+        name, sep, value = flag.partition("=")
+        if name in path_flags and sep:
+            out.append(f"{name}={(folder / Path(value).expanduser()).resolve()}")
+            continue
+        pending = flag in path_flags
+        out.append(flag)
+    return out
+
+
 def check_results_dir(folder: Path) -> Path:
     """``folder`` (nothing created) as a place for the table's files: a clear error before any sampling otherwise."""
     from .cli import check_output_folder
@@ -381,6 +400,13 @@ def ordering(spec: TableSpec, results: Mapping[str, Mapping], key: str) -> list[
     return tiers
 
 
+def is_zero_by_definition(reference: Mapping, key: str) -> bool:
+    """Whether full compute's value of ``key`` and all its replicates are 0: a distance to full compute itself (the
+    relative L2 error, say), whose difference to full compute is the value again, so its own interval is shown."""
+    replicates = reference.get("replicates", {}).get(key)
+    return reference["metrics"].get(key) == 0 and replicates is not None and not any(replicates)
+
+
 def above_flops(result: Mapping) -> bool:
     """Whether the measured latency speedup exceeds the FLOPs speedup: only timing noise does that."""
     latency, flops = result["latency_speedup"], result["flops_speedup"]
@@ -406,7 +432,9 @@ def table_markdown(
     paired = {
         c.key
         for c in spec.columns
-        if reference is not None and any(paired_difference(r, reference, c.key) for r in results.values())
+        if reference is not None
+        and not is_zero_by_definition(reference, c.key)
+        and any(paired_difference(r, reference, c.key) for r in results.values())
     }
     # Columns measured against full compute (PSNR against its images, say) have replicates in the rows but none in
     # full compute's own: each row's interval of the value itself is what they can show.
@@ -467,7 +495,7 @@ def table_markdown(
             "row). **Bold**: the interval excludes 0. "
             f"Intervals are per row, not corrected for the {len(spec.rows) - 1} comparisons.",
         ]
-    ranked = ordering(spec, results, spec.plot) if spec.plot in paired else []
+    ranked = ordering(spec, results, spec.plot) if spec.plot in paired | own else []
     if ranked:
         column = spec.column(spec.plot)
         out += ["", f"Rows ranked by {column.label} ({column.better} is better), in tiers: a row starts a new tier "

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from cli_testing import assert_refused
 from dit_testing import tiny_dit
 
 from common.cli import add_taylorseer_args, full_step_list_arg
@@ -25,9 +26,11 @@ from common.taylor_cache import (
     placed_full_steps,
     update_divided_differences,
 )
+from taylorseer_dit import search_placement
 from taylorseer_dit.diffusion import create_diffusion
 from taylorseer_dit.pipeline import sample_dit
 from taylorseer_dit.sample_ddp import method_suffix
+from taylorseer_dit.sampling_args import add_sampler_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -174,3 +177,57 @@ def test_every_forecaster_and_placement_runs_in_dit(forecaster, placement) -> No
     assert result.num_full_steps == len(full_step_indices(steps, config))
     error = float((result.samples - full.samples).norm() / full.samples.norm())
     assert 0 < error < 0.3 and math.isfinite(error)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """search_placement.py on the bundled model at tiny settings: (record, output path)."""
+    output = tmp_path_factory.mktemp("search") / "placement.json"
+    argv = ["--full-steps", "5", "--num-sampling-steps", "10", "--num-samples", "6", "--batch-size", "3",
+            "--powers", "0.5", "0.55", "1.0", "--output", str(output)]  # fmt: skip
+    return search_placement.cli(argv), output
+
+
+def test_the_search_keeps_the_placement_of_least_error_and_samplers_read_it(searched) -> None:
+    record, output = searched
+    candidates = record["candidates"]
+    # 0.5 and 0.55 place the same steps: measured once.
+    assert [c["power"] for c in candidates] == [0.5, 1.0]
+    assert [c["full_steps"] for c in candidates] == [placed_full_steps(10, 5, 2, p) for p in (0.5, 1.0)]
+    best = min(candidates, key=lambda c: c["rel_l2"])
+    assert (record["full_steps"], record["power"], record["rel_l2"]) == (best["full_steps"], best["power"],
+                                                                        best["rel_l2"])  # fmt: skip
+    assert all(0 < c["rel_l2"] < 1 for c in candidates) and record["weights_id"]
+    assert json.loads(output.read_text()) == record
+    _, config = parse("--placement", "list", "--full-step-list", str(output))
+    assert list(config.full_step_list) == record["full_steps"]
+
+
+SEARCH_BAD_INPUTS = [
+    ("--full-steps", ["--full-steps", "1"], "--full-steps: expected an integer >= 2, got 1"),
+    ("--first-enhance", ["--full-steps", "3", "--first-enhance", "3"], "--full-steps 3 leaves nothing to place"),
+    ("--forecaster", ["--full-steps", "4", "--forecaster", "foca"], "--forecaster: invalid choice: 'foca'"),
+    ("--max-order", ["--full-steps", "4", "--max-order", "-1"], "--max-order: expected an integer in 0..8"),
+    ("--hermite-scale", ["--full-steps", "4", "--hermite-scale", "inf"], "--hermite-scale: expected a finite"),
+    ("--powers", ["--full-steps", "4", "--powers", "nan"], "--powers: expected a finite number > 0 and <= 4"),
+    ("--num-samples", ["--full-steps", "4", "--num-samples", "0"], "--num-samples: expected an integer in"),
+    ("--batch-size", ["--full-steps", "4", "--batch-size", "0"], "--batch-size: expected an integer in"),
+    ("--seed", ["--full-steps", "4", "--seed", "-1"], "--seed: expected an integer in"),
+    ("--output", ["--full-steps", "4", "--output", "{tmp}/out.txt"], "--output"),
+    ("--device", ["--full-steps", "4", "--device", "cuda:7"], "--device"),
+]
+
+
+@pytest.mark.parametrize(("flag", "argv", "message"), SEARCH_BAD_INPUTS, ids=[c[0] for c in SEARCH_BAD_INPUTS])
+def test_search_bad_input_is_one_error_line(flag, argv, message, tmp_path, capsys) -> None:
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert_refused(search_placement.cli, argv, message, capsys, watch=tmp_path)
+
+
+def test_every_search_flag_has_a_bad_input_row() -> None:
+    parser = search_placement.build_parser()
+    own = {o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+    sampler = argparse.ArgumentParser()
+    add_sampler_args(sampler, decoder=False)
+    shared = {o for a in sampler._actions for o in a.option_strings}  # covered by the samplers' bad-input tables
+    assert own - shared == {flag for flag, _, _ in SEARCH_BAD_INPUTS}

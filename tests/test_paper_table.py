@@ -230,3 +230,13 @@ def test_a_column_measured_against_full_compute_shows_each_rows_own_interval(tmp
     assert header.endswith("| R ↑ | R [95% CI] |")
     # The 2.5th and 97.5th percentiles of 0..100.
     assert "| 30.000 | [2.500, 97.500] |" in next(line for line in lines if line.startswith("| fast"))
+
+
+def test_a_distance_to_full_compute_shows_its_own_interval_not_a_difference(tmp_path) -> None:
+    spec = load_table(write(tmp_path, GOOD))
+    full = result(0.0, [0.0] * 101, flops=1.0, latency=1.0)
+    fast = result(0.5, [v / 100 for v in range(101)])
+    lines = table_markdown(spec, {"full": full, "fast": fast}, None).splitlines()
+    header = next(line for line in lines if line.startswith("| row"))
+    assert "ΔQ" not in header and "| Q [95% CI] |" in header
+    assert "| 0.50 | 3.00 | [0.03, 0.97] |" in next(line for line in lines if line.startswith("| fast"))
