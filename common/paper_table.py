@@ -108,6 +108,9 @@ class TableSpec:
     plot: str
     rows: tuple[TableRow, ...]
     notes: tuple[str, ...] = ()
+    comparisons: tuple[tuple[str, str], ...] = ()
+    """Pairs of rows (A, B) whose paired differences A - B the table states in every column with replicates: the
+    claims the table is for (e.g. TaylorSeer against FORA at the same N)."""
 
     def column(self, key: str) -> Column:
         return next(c for c in self.columns if c.key == key)
@@ -158,7 +161,11 @@ def load_table(path: str | Path) -> TableSpec:
         if unknown:
             raise fail(f"{where}: unknown entries {sorted(unknown)}; it holds {sorted(known)}")
 
-    check_keys(raw, {"title", "source", "paper_model", "settings", "columns", "rows", "plot", "notes"}, "the file")
+    check_keys(
+        raw,
+        {"title", "source", "paper_model", "settings", "columns", "rows", "plot", "notes", "comparisons"},
+        "the file",
+    )
     columns = []
     for i, entry in enumerate(raw.get("columns", [])):
         where = f"columns[{i}]"
@@ -210,6 +217,12 @@ def load_table(path: str | Path) -> TableSpec:
     if plot not in keys:
         raise fail(f"'plot' must name a column ({', '.join(keys)}), got {plot!r}")
     notes = raw.get("notes", [])
+    comparisons = []
+    for i, pair in enumerate(raw.get("comparisons", [])):
+        pair = strings(pair, f"comparisons[{i}]")
+        if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(names):
+            raise fail(f"comparisons[{i}] must name two different rows of the table, got {list(pair)}")
+        comparisons.append(pair)
     return TableSpec(
         path=path,
         title=text(raw, "title", "the file"),
@@ -220,6 +233,7 @@ def load_table(path: str | Path) -> TableSpec:
         plot=plot,
         rows=tuple(rows),
         notes=strings(notes, "'notes'"),
+        comparisons=tuple(comparisons),
     )
 
 
@@ -510,9 +524,40 @@ def table_markdown(
                 + _signed_interval(versus["difference"], tuple(versus["interval"]), column.digits)
             )
             out.append(f"| {entry['tier']} | {entry['row']} | {entry['value']:.{column.digits}f} | {compared} |")
+    out += comparison_lines(spec, results)
     if spec.notes:
         out += [""] + [f"{note}" for note in spec.notes]
     return "\n".join(out) + "\n"
+
+
+def comparisons(spec: TableSpec, results: Mapping[str, Mapping]) -> list[dict]:
+    """The table's ``comparisons``: for each pair (A, B) that both ran, A - B in every column where both rows have
+    replicates, with its paired interval."""
+    out = []
+    for first, second in spec.comparisons:
+        if first not in results or second not in results:
+            continue
+        for column in spec.columns:
+            compared = paired_difference(results[first], results[second], column.key)
+            if compared is not None:
+                difference, interval = compared
+                out.append({"rows": [first, second], "column": column.key, "difference": difference,
+                            "interval": list(interval)})  # fmt: skip
+    return out
+
+
+def comparison_lines(spec: TableSpec, results: Mapping[str, Mapping]) -> list[str]:
+    entries = comparisons(spec, results)
+    if not entries:
+        return []
+    labels = {c.key: c for c in spec.columns}
+    lines = ["", "Paired comparisons between rows (the same inputs and resamples; **bold**: the interval excludes 0):",
+             "", "| comparison | column | difference [95% CI] |", "|---|---|---|"]  # fmt: skip
+    for entry in entries:
+        column = labels[entry["column"]]
+        text = _signed_interval(entry["difference"], tuple(entry["interval"]), column.digits)
+        lines.append(f"| {entry['rows'][0]} − {entry['rows'][1]} | {column.label} | {text} |")
+    return lines
 
 
 def plot_table(spec: TableSpec, results: Mapping[str, Mapping], path: Path, caveat: str | None) -> None:
@@ -582,6 +627,7 @@ def write_table(
             for row in spec.rows
         ],
         "ordering": ordering(spec, results, spec.plot) if spec.reference.name in results else [],
+        "comparisons": comparisons(spec, results),
         **(dict(details) if details else {}),
     }
     text = json.dumps(summary, indent=2, allow_nan=False) + "\n"

@@ -240,3 +240,16 @@ def test_a_distance_to_full_compute_shows_its_own_interval_not_a_difference(tmp_
     header = next(line for line in lines if line.startswith("| row"))
     assert "ΔQ" not in header and "| Q [95% CI] |" in header
     assert "| 0.50 | 3.00 | [0.03, 0.97] |" in next(line for line in lines if line.startswith("| fast"))
+
+
+def test_comparisons_state_paired_differences_between_named_rows(tmp_path) -> None:
+    spec = load_table(write(tmp_path, 'comparisons = [["fast", "full"]]\n' + GOOD))
+    assert spec.comparisons == (("fast", "full"),)
+    results = {"full": result(10.0, list(np.arange(100.0))), "fast": result(13.0, list(2 * np.arange(100.0) + 1))}
+    text = table_markdown(spec, results, None)
+    low, high = np.percentile(np.arange(100.0) + 1, [2.5, 97.5])
+    assert f"| fast − full | Q | **+3.00 [+{low:.2f}, +{high:.2f}]** |" in text
+    summary = write_table(tmp_path, spec, results, caveat=None)
+    assert summary["comparisons"][0]["rows"] == ["fast", "full"] and summary["comparisons"][0]["difference"] == 3.0
+    with pytest.raises(UsageError, match="comparisons\\[0\\] must name two different rows"):
+        load_table(write(tmp_path, 'comparisons = [["fast", "nope"]]\n' + GOOD))
