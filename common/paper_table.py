@@ -561,31 +561,53 @@ def comparison_lines(spec: TableSpec, results: Mapping[str, Mapping]) -> list[st
 
 
 def plot_table(spec: TableSpec, results: Mapping[str, Mapping], path: Path, caveat: str | None) -> None:
-    """The plotted column against the FLOPs speedup: measured rows (left) and the paper's (right), each point
-    labelled with its row; two panels because the measured model need not be the paper's."""
+    """The plotted column against the FLOPs speedup: the measured rows, and (in a second panel, the measured model
+    need not be the paper's) the paper's rows. A distance to full compute (see :func:`is_zero_by_definition`) gets
+    the 95% interval of each value; other columns get none, because a bootstrap of a value like FID is biased (a
+    resample repeats samples) and only the paired differences in the table are fair. Rows are told apart by marker
+    and colour in a legend beside the panels, which stays readable where rows share a speedup."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     column = spec.column(spec.plot)
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    panels = (
-        ("measured", [(r.name, results[r.name]["flops_speedup"], results[r.name]["metrics"].get(column.key))
-                      for r in spec.rows if r.name in results]),
-        (f"paper ({spec.paper_model})", [(r.name, r.paper.get(SPEEDUP), r.paper.get(column.key)) for r in spec.rows]),
-    )  # fmt: skip
-    for axis, (title, points) in zip(axes, panels, strict=True):
-        points = [(n, x, y) for n, x, y in points if x is not None and y is not None]
-        for name, x, y in points:
-            axis.scatter(x, y, s=30)
-            axis.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    reference = results.get(spec.reference.name)
+    bars = reference is not None and is_zero_by_definition(reference, column.key)
+    measured = [r for r in spec.rows if r.name in results and results[r.name]["flops_speedup"] is not None
+                and results[r.name]["metrics"].get(column.key) is not None]  # fmt: skip
+    published = [r for r in spec.rows if SPEEDUP in r.paper and column.key in r.paper]
+    panels = [("measured", measured)] + ([(f"paper ({spec.paper_model})", published)] if published else [])
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 3, 5), squeeze=False)
+    colours = plt.get_cmap("tab20")
+    markers = "osD^v<>ph*"
+    style = {row.name: (colours(i % 20), markers[i % len(markers)]) for i, row in enumerate(spec.rows)}
+    for axis, (title, rows) in zip(axes[0], panels, strict=True):
+        for row in rows:
+            colour, marker = style[row.name]
+            if title == "measured":
+                result = results[row.name]
+                x, y = result["flops_speedup"], result["metrics"][column.key]
+                replicates = result.get("replicates", {}).get(column.key)
+                if bars and replicates and any(v != y for v in replicates):
+                    low, high = percentile_interval(np.asarray(replicates))
+                    axis.errorbar(x, y, yerr=[[max(y - low, 0)], [max(high - y, 0)]], color=colour, capsize=2, lw=1)
+            else:
+                x, y = row.paper[SPEEDUP], row.paper[column.key]
+            axis.scatter(x, y, s=36, color=colour, marker=marker, label=row.name, zorder=3)
         axis.set_xlabel("FLOPs speedup (×)")
         axis.set_ylabel(f"{column.label} ({column.better} is better)")
-        axis.set_title(title if points else f"{title}: no numbers")
+        axis.set_title(title)
         axis.grid(alpha=0.3)
+    handles, labels = [], []
+    for axis in axes[0]:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    figure.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
     figure.suptitle(spec.title + (f"\n{caveat}" if caveat else ""), fontsize=9)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1 - 2.6 / (6 * len(panels) + 3), 1))
     temporary = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(temporary, dpi=120)
     plt.close(figure)
