@@ -50,6 +50,7 @@ from common.paired_stats import (
     excludes_zero,
     percentile_interval,
 )
+from common.paper_table import end_log_cleanly
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
 from taylorseer_dit.checkpoints import find_dit_checkpoint, load_dit
 from taylorseer_dit.defaults import BUNDLED_CFG_SCALE, BUNDLED_MODEL
@@ -261,7 +262,7 @@ def cell_settings(args, weights_id: str) -> dict:
 
 def load_cells(path: Path, settings: dict) -> dict[str, dict]:
     """The cells of ``path`` recorded with ``settings``, by key. A last line cut short (a kill during its append) is
-    dropped with a warning (:func:`end_cell_log` removes it before the next append), as are the cells of other
+    dropped with a warning (:func:`end_log_cleanly` removes it before the next append), as are the cells of other
     settings; a corrupt line elsewhere, or a cell of these settings that lacks a number, is a :class:`UsageError`
     naming the line."""
     if not path.exists():
@@ -313,26 +314,6 @@ def is_number(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
 
 
-def end_cell_log(path: Path) -> None:
-    """Make the cell log end in a newline before cells are appended, else the next cell would merge with its last
-    line into one corrupt line: a partial cell (a kill during its append) is cut off, a complete one (a hand edit
-    that lost the final newline) is kept and ended."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return
-    start = data.rfind(b"\n") + 1
-    try:
-        json.loads(data[start:])
-    except ValueError:
-        with path.open("r+b") as file:
-            file.truncate(start)
-    else:
-        with path.open("ab") as file:
-            file.write(b"\n")
-
-
 def append_cell(path: Path, cell: dict) -> None:
     """One line per cell in one write (NaN refused: it would not be JSON), so a kill cuts at most the last line."""
     line = (json.dumps(cell, allow_nan=False) + "\n").encode("utf-8")
@@ -362,7 +343,7 @@ def main(args: argparse.Namespace) -> dict:
     step_flops = reference_step_flops(model, 2 * args.batch_size)
     # Everything is read and checked: from here on, files are written.
     results.mkdir(parents=True, exist_ok=True)
-    end_cell_log(cells_path)
+    end_log_cleanly(cells_path)
 
     def record(key: str, **values) -> dict:
         cells[key] = {"key": key, **values, "settings": settings}

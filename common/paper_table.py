@@ -57,6 +57,7 @@ __all__ = [
     "TableSpec",
     "TABLE_OUTPUTS",
     "check_results_dir",
+    "end_log_cleanly",
     "load_table",
     "ordering",
     "paired_difference",
@@ -317,7 +318,7 @@ class RowLog:
         problem = result_problem(result)
         if problem:
             raise ValueError(f"row {name!r} {problem}")
-        self._end_cleanly()
+        end_log_cleanly(self.path)
         entry = {"row": name, "settings": settings, "result": result}
         line = (json.dumps(entry, allow_nan=False) + "\n").encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -325,22 +326,25 @@ class RowLog:
             file.write(line)
         self.entries[name] = json.loads(line)
 
-    def _end_cleanly(self) -> None:
-        """Cut a partial last line (a kill during its append) so that the next row does not merge with it."""
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        if not data or data.endswith(b"\n"):
-            return
-        start = data.rfind(b"\n") + 1
-        try:
-            json.loads(data[start:])
-        except ValueError:
-            with self.path.open("r+b") as file:
-                file.truncate(start)
-        else:
-            with self.path.open("ab") as file:
-                file.write(b"\n")
+
+def end_log_cleanly(path: Path) -> None:
+    """Make a JSON-lines log end in a newline before lines are appended, else the next line would merge with its
+    last one: a partial last line (a kill during its append) is cut off, a complete one that lost its newline (a hand
+    edit) is kept and ended."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    start = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[start:])
+    except ValueError:
+        with path.open("r+b") as file:
+            file.truncate(start)
+    else:
+        with path.open("ab") as file:
+            file.write(b"\n")
 
 
 def result_problem(result: object) -> str | None:

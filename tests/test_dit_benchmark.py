@@ -11,6 +11,7 @@ from dit_testing import randomised
 from common.cli import UsageError
 from common.flops import FlopsReport
 from common.integrity import weights_fingerprint
+from common.paper_table import end_log_cleanly
 from common.taylor_cache import TaylorSeerConfig
 from taylorseer_dit import benchmark_quality
 from taylorseer_dit.fidelity import compute_metrics, digits_uint8, fid_features, fid_of_features
@@ -176,13 +177,13 @@ def test_a_wall_speedup_above_the_flops_speedup_is_flagged_as_noise(capsys):
 def test_the_cell_log_ends_in_a_newline_before_an_append(tmp_path):
     path = tmp_path / "cells.jsonl"
     path.write_bytes(b'{"key": "a"}\n{"key": "b", "fi')
-    benchmark_quality.end_cell_log(path)
+    end_log_cleanly(path)
     assert path.read_bytes() == b'{"key": "a"}\n'  # the cut cell is dropped
     path.write_bytes(b'{"key": "a"}\n{"key": "b"}')
-    benchmark_quality.end_cell_log(path)
+    end_log_cleanly(path)
     assert path.read_bytes() == b'{"key": "a"}\n{"key": "b"}\n'  # a complete cell is kept
     path.write_bytes(b"")
-    benchmark_quality.end_cell_log(path)
+    end_log_cleanly(path)
     assert path.read_bytes() == b""
 
 
