@@ -4,7 +4,7 @@
         --image-reward pretrained_models/ImageReward/ImageReward.pt \\
         --lpips-weights pretrained_models/alexnet-owt-7be5be79.pth -- --ckpt-dir pretrained_models/FLUX.1-dev
     python TaylorSeer-FLUX/reproduce_table.py --launcher "torchrun --nproc_per_node=8" -- --ckpt-dir ...
-    python TaylorSeer-FLUX/reproduce_table.py my_table.toml --results-dir results/tiny-table -- --ckpt-dir tiny/ --width 48 \\
+    python TaylorSeer-FLUX/reproduce_table.py my_table.toml --results-dir results/tiny -- --ckpt-dir tiny/ --width 48 \\
         --height 32 --num-steps 4 --max-sequence-length 16 --device cpu
 
 TABLE (default: tables/flux_table1.toml, the paper's FLUX.1-dev table; format in common/paper_table.py) lists the
