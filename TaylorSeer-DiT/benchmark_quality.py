@@ -50,7 +50,7 @@ from common.paired_stats import (
     excludes_zero,
     percentile_interval,
 )
-from common.paper_table import end_log_cleanly
+from common.paper_table import end_log_cleanly, read_log
 from common.taylor_cache import TaylorCache, TaylorSeerConfig
 from taylorseer_dit.checkpoints import find_dit_checkpoint, load_dit
 from taylorseer_dit.defaults import BUNDLED_CFG_SCALE, BUNDLED_MODEL
@@ -267,18 +267,8 @@ def load_cells(path: Path, settings: dict) -> dict[str, dict]:
     naming the line."""
     if not path.exists():
         return {}
-    lines = path.read_text(encoding="utf-8").splitlines()
     cells, other = {}, 0
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            cell = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                warn(f"{path}, line {number}: dropped a cell cut short ({exc.msg}); it will be sampled again")
-                continue
-            raise UsageError(f"{path}, line {number}: not a JSON cell ({exc.msg}); delete that line") from None
+    for number, cell in read_log(path, "cell", "sampled"):
         if not isinstance(cell, dict) or not isinstance(cell.get("key"), str):
             raise UsageError(f"{path}, line {number}: expected a cell with a 'key'; delete that line")
         if cell.get("settings") != settings:

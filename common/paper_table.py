@@ -36,7 +36,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,7 @@ __all__ = [
     "TABLE_OUTPUTS",
     "check_results_dir",
     "end_log_cleanly",
+    "read_log",
     "load_table",
     "ordering",
     "paired_difference",
@@ -285,17 +286,7 @@ class RowLog:
         self.entries: dict[str, dict] = {}
         if not path.exists():
             return
-        lines = path.read_text(encoding="utf-8").splitlines()
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as err:
-                if number == len(lines):
-                    warn(f"{path}, line {number}: dropped a row cut short ({err.msg}); it will be run again")
-                    continue
-                raise UsageError(f"{path}, line {number}: not a JSON row ({err.msg}); delete that line") from None
+        for number, entry in read_log(path, "row", "run"):
             if not isinstance(entry, dict) or not isinstance(entry.get("row"), str):
                 raise UsageError(f"{path}, line {number}: expected a row with a 'row' name; delete that line")
             problem = result_problem(entry.get("result"))
@@ -325,6 +316,24 @@ class RowLog:
         with self.path.open("ab") as file:
             file.write(line)
         self.entries[name] = json.loads(line)
+
+
+def read_log(path: Path, what: str, redo: str) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON) of every non-blank line of the JSON-lines log at ``path``. A last line cut short
+    (a kill during its append) is dropped with a warning ("it will be {redo} again"); a corrupt line elsewhere is a
+    :class:`UsageError` naming it. ``what`` names an entry in the messages ("row", "cell")."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                warn(f"{path}, line {number}: dropped a {what} cut short ({err.msg}); it will be {redo} again")
+                continue
+            raise UsageError(f"{path}, line {number}: not a JSON {what} ({err.msg}); delete that line") from None
+        yield number, entry
 
 
 def end_log_cleanly(path: Path) -> None:
