@@ -41,6 +41,7 @@ import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .caching import CacheMethod, LayerCache, cached, cached_group
@@ -62,6 +63,10 @@ __all__ = [
     "update_divided_differences",
     "newton_forecast",
     "placed_full_steps",
+    "factor_weights",
+    "divided_difference_weights",
+    "forecast_weights",
+    "weighted_sum",
 ]
 
 FORECASTERS = ("taylor", "newton", "hermite")
@@ -322,15 +327,76 @@ def newton_forecast(differences: list[torch.Tensor], positions: list[int], step:
     return out
 
 
+def _unit(length: int) -> np.ndarray:
+    vector = np.zeros(length)
+    vector[0] = 1.0
+    return vector
+
+
+def _shifted(levels: list[np.ndarray]) -> list[np.ndarray]:
+    """Weight vectors over the features of one full step earlier, re-indexed after a newer feature was recorded."""
+    return [np.concatenate([[0.0], level]) for level in levels]
+
+
+@functools.lru_cache(maxsize=1024)
+def factor_weights(positions: tuple[int, ...], max_order: int) -> tuple[np.ndarray, ...]:
+    """The Taylor factors F_0.. of features recorded at the full steps ``positions`` (newest first), each as weights
+    over those features: the reference's recursion (:func:`update_factors`) run on weight vectors instead of tensors.
+    Level i depends on the newest i + 1 features only, so the last ``max_order + 1`` full steps determine them all."""
+    if len(positions) == 1:
+        return (_unit(1),)
+    older = _shifted(list(factor_weights(positions[1:], max_order)))
+    return tuple(update_factors(older, _unit(len(positions)), positions[0] - positions[1], max_order))
+
+
+@functools.lru_cache(maxsize=1024)
+def divided_difference_weights(positions: tuple[int, ...], max_order: int) -> tuple[np.ndarray, ...]:
+    """Newton's divided differences f[t_0], f[t_0, t_1], ... over the full steps ``positions`` (newest first), each
+    as weights over the features recorded there (:func:`update_divided_differences` on weight vectors)."""
+    if len(positions) == 1:
+        return (_unit(1),)
+    older = _shifted(list(divided_difference_weights(positions[1:], max_order)))
+    return tuple(update_divided_differences(older, list(positions[1:]), _unit(len(positions)), positions[0], max_order))
+
+
+@functools.lru_cache(maxsize=4096)
+def forecast_weights(positions: tuple[int, ...], step: int, config: TaylorSeerConfig) -> tuple[float, ...]:
+    """The forecast at ``step`` as weights over the features recorded at ``positions`` (newest first): every
+    forecaster is linear in those features, so it is one weighted sum, whose weights are computed here once per
+    (positions, step) instead of once per cached module."""
+    order = config.max_order
+    if config.forecaster == "newton":
+        weights = newton_forecast(list(divided_difference_weights(positions, order)), list(positions), step)
+    elif config.forecaster == "hermite":
+        weights = hermite_forecast(list(factor_weights(positions, order)), step - positions[0], config.hermite_scale)
+    else:
+        weights = taylor_forecast(list(factor_weights(positions, order)), step - positions[0])
+    return tuple(float(w) for w in weights)
+
+
+def weighted_sum(features: Sequence[torch.Tensor], weights: Sequence[float], dtype: torch.dtype) -> torch.Tensor:
+    """sum_j weights[j] * features[j] in ``dtype``: one output buffer, each term added by one fused multiply-add pass,
+    accumulated in float32 at least (the terms of a high-order forecast nearly cancel: bf16 partial sums would lose
+    the difference). A lone weight of 1 (plain reuse) returns the feature itself, converted only if need be."""
+    first = features[0]
+    if len(features) == 1 and weights[0] == 1.0:
+        return first.to(dtype)
+    accumulate = first.dtype if first.dtype.itemsize >= 4 else torch.float32
+    out = torch.mul(first.to(accumulate), weights[0])
+    for feature, weight in zip(features[1:], weights[1:], strict=True):
+        out.add_(feature, alpha=weight)
+    return out.to(dtype)
+
+
 @dataclass
 class _Slot:
-    """Forecast state of one cached module: its factors (Taylor factors, or Newton's divided differences) and the
-    full steps they come from, newest first (Taylor and Hermite read only the newest)."""
+    """Forecast state of one cached module: its outputs at the last ``max_order + 1`` full steps (fewer until that
+    many ran), newest first, and the full steps they come from."""
 
-    factors: list[torch.Tensor]
+    features: list[torch.Tensor]
     positions: list[int]
     feature_dtype: torch.dtype
-    """dtype the module produced, restored on forecasts when the factors are kept in another dtype."""
+    """dtype the module produced, restored on forecasts when the features are kept in another dtype."""
 
     @property
     def last_full_step(self) -> int:
@@ -342,6 +408,12 @@ class TaylorCache(CacheMethod):
 
     Slots are keyed by any hashable, e.g. ``(layer_index, "attn")``, and created lazily at the first full step, so
     the cache needs to know nothing about the model's depth or shapes.
+
+    A slot keeps the module's outputs at its last ``max_order + 1`` full steps, not the Taylor factors: every
+    forecaster is linear in those outputs, so a full step only keeps a reference to the new output (no tensor
+    arithmetic at all), and a forecast is one weighted sum (:func:`weighted_sum`) with weights from
+    :func:`forecast_weights`. In exact arithmetic this is the reference's recursion; only the rounding differs. The
+    cache takes over the outputs it records: they must not be modified in place afterwards.
     """
 
     def __init__(self, config: TaylorSeerConfig) -> None:
@@ -383,7 +455,7 @@ class TaylorCache(CacheMethod):
 
     @torch.compiler.disable
     def update(self, key: Hashable, feature: torch.Tensor) -> None:
-        """Record ``feature`` for ``key`` at the current (full) step and refresh its Taylor factors."""
+        """Record ``feature`` for ``key`` at the current (full) step, dropping the output no forecast reads any more."""
         step = self._current_step("update")
         stored = feature.detach()
         if self.config.factor_dtype is not None:
@@ -398,16 +470,13 @@ class TaylorCache(CacheMethod):
                 "Call cache.begin_step() once per sampler step (batch CFG, or give each separately-run branch "
                 "its own TaylorCache)"
             )
-        config = self.config
-        if config.forecaster == "newton":
-            slot.factors = update_divided_differences(slot.factors, slot.positions, stored, step, config.max_order)
-        else:
-            slot.factors = update_factors(slot.factors, stored, step - slot.last_full_step, config.max_order)
-        slot.positions = [step, *slot.positions[: config.max_order]]
+        keep = self.config.max_order  # the order grows by one per full step, up to max_order
+        slot.features = [stored, *slot.features[:keep]]
+        slot.positions = [step, *slot.positions[:keep]]
 
     @torch.compiler.disable
     def predict(self, key: Hashable) -> torch.Tensor:
-        """Taylor forecast of ``key`` at the current step from its last full step."""
+        """The forecast of ``key`` at the current step from its recorded outputs."""
         step = self._current_step("predict")
         slot = self._slots.get(key)
         if slot is None:
@@ -415,18 +484,29 @@ class TaylorCache(CacheMethod):
                 f"cannot forecast cache key {key!r} at step {step}: it was never computed at a full step. "
                 "The first sampling step must be full (first_enhance >= 1) and the cache reset between runs"
             )
+        weights = forecast_weights(tuple(slot.positions), step, self.config)
+        return weighted_sum(slot.features, weights, slot.feature_dtype)
+
+    def factors(self, key: Hashable) -> list[torch.Tensor]:
+        """The current factors of ``key`` as tensors (float32 at least), for inspection: Newton's divided differences
+        for ``forecaster="newton"``, else the Taylor factors F_0, F_1, ... The forecasts never form them."""
+        slot = self._slots[key]
+        positions = tuple(slot.positions)
         if self.config.forecaster == "newton":
-            forecast = newton_forecast(slot.factors, slot.positions, step)
-        elif self.config.forecaster == "hermite":
-            forecast = hermite_forecast(slot.factors, step - slot.last_full_step, self.config.hermite_scale)
+            levels = divided_difference_weights(positions, self.config.max_order)
         else:
-            forecast = taylor_forecast(slot.factors, step - slot.last_full_step)
-        return forecast.to(slot.feature_dtype)
+            levels = factor_weights(positions, self.config.max_order)
+        dtype = torch.promote_types(slot.features[0].dtype, torch.float32)
+        return [weighted_sum(slot.features, [float(w) for w in level], dtype) for level in levels]
+
+    def held_tensors(self) -> list[torch.Tensor]:
+        """Every tensor the cache holds (the recorded outputs), e.g. to count its memory."""
+        return [feature for slot in self._slots.values() for feature in slot.features]
 
     def order(self, key: Hashable) -> int:
         """Highest Taylor order currently available for ``key`` (-1 if never computed)."""
         slot = self._slots.get(key)
-        return -1 if slot is None else len(slot.factors) - 1
+        return -1 if slot is None else len(slot.features) - 1
 
     def __len__(self) -> int:
         return len(self._slots)

@@ -184,22 +184,47 @@ def test_misuse_gives_clear_errors():
 
 
 @pytest.mark.parametrize("factor_dtype", [None, torch.float32])
-def test_factor_dtype(factor_dtype):
-    """bf16 features 1 and 1 + 2^-7, three steps apart: the slope 2^-7 / 3 is rounded to bf16 unless the factors
-    are kept in fp32; forecasts come back in the feature's dtype either way."""
+def test_bf16_features_forecast_with_float32_arithmetic(factor_dtype):
+    """bf16 features 1 and 1 + 2^-7, three steps apart: the slope 2^-7 / 3 comes out within float32 rounding of the
+    features (1e-7), where bf16 arithmetic (the reference's) would miss it by 5e-6, whatever the storage: the weighted
+    sum accumulates in float32. Forecasts come back in bf16."""
     cache = TaylorCache(TaylorSeerConfig(interval=3, max_order=1, first_enhance=1, factor_dtype=factor_dtype))
     for step, value in [(0, 1.0), (3, 1.0078125)]:
         cache.begin_step(step)
         cache.update("k", torch.tensor([value], dtype=torch.bfloat16))
     cache.begin_step(4)
-    assert cache.predict("k").dtype == torch.bfloat16
-    slope = cache._slots["k"].factors[1]
-    exact = torch.tensor(0.0078125 / 3, dtype=torch.float32)
-    if factor_dtype is None:
-        assert slope.dtype == torch.bfloat16 and slope.item() != exact.item()
-        assert slope.item() == torch.tensor(0.0078125 / 3).to(torch.bfloat16).item()
-    else:
-        assert slope.dtype == torch.float32 and slope.item() == exact.item()
+    forecast = cache.predict("k")
+    assert forecast.dtype == torch.bfloat16
+    assert forecast.item() == torch.tensor(1.0078125 + 0.0078125 / 3).to(torch.bfloat16).item()
+    slope = cache.factors("k")[1]
+    exact = 0.0078125 / 3
+    assert slope.dtype == torch.float32 and abs(slope.item() - exact) < 1.2e-7
+    assert abs(torch.tensor(exact).to(torch.bfloat16).item() - exact) > 5e-6
+    stored = {t.dtype for t in cache.held_tensors()}
+    assert stored == {factor_dtype or torch.bfloat16}
+
+
+def test_lower_precision_storage_halves_memory_and_rounds_only_the_stored_features():
+    """float32 features kept as bf16: half the bytes, and the forecast is exactly the one of the bf16-rounded
+    features, in float32."""
+    values = [torch.tensor([1.0, -2.0]) + torch.tensor([1e-3, 3e-3]) * s for s in (0, 2, 4)]
+    results = {}
+    for dtype in (None, torch.bfloat16):
+        cache = TaylorCache(TaylorSeerConfig(interval=2, max_order=2, first_enhance=1, factor_dtype=dtype))
+        for step, value in zip((0, 2, 4), values, strict=True):
+            cache.begin_step(step)
+            cache.update("k", value.clone())
+        cache.begin_step(5)
+        results[dtype] = (cache.predict("k"), sum(t.numel() * t.element_size() for t in cache.held_tensors()))
+    (full_precision, full_bytes), (bf16, bf16_bytes) = results[None], results[torch.bfloat16]
+    assert (full_bytes, bf16_bytes) == (3 * 2 * 4, 3 * 2 * 2)
+    assert bf16.dtype == torch.float32
+    rounded = [v.to(torch.bfloat16).float() for v in values]
+    # Uniform spacing 2, x = 1: F0 + x F1 + x^2/2 F2 with F1 = (f4 - f2)/2, F2 = (f4 - 2 f2 + f0)/4.
+    expected = rounded[2] + (rounded[2] - rounded[1]) / 2 + (rounded[2] - 2 * rounded[1] + rounded[0]) / 8
+    torch.testing.assert_close(bf16, expected, rtol=1e-6, atol=0)
+    assert not torch.equal(bf16, full_precision)
+    torch.testing.assert_close(full_precision, values[2] + torch.tensor([1e-3, 3e-3]), rtol=1e-6, atol=0)
 
 
 def test_cached_helper_without_cache_just_computes():
