@@ -127,6 +127,9 @@ class Mlp(nn.Module):
 class DiTBlock(nn.Module):
     """Transformer block with adaptive layer norm zero (adaLN-Zero) conditioning."""
 
+    compile_regions = ("attn", "mlp", "adaLN_modulation")
+    """What common.compile.compile_blocks compiles: the cached modules and the per-step modulation."""
+
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
