@@ -241,7 +241,7 @@ def add_taylorseer_args(
         "--factor-dtype",
         choices=list(FACTOR_DTYPES),
         default="auto",
-        help="dtype of the stored Taylor factors; auto = the features' dtype (as the reference)",
+        help="dtype the cache stores module outputs in (auto: as produced); forecasts accumulate in float32 at least",
     )
     group.add_argument(
         "--forecaster",

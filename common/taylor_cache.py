@@ -10,11 +10,15 @@ recorded; its Taylor factors are refreshed by backward divided differences again
 At a *forecast* step the module is skipped and replaced by  sum_i F_i * x^i / i!,  x = steps since the last full step.
 Orders build up one per full step, up to ``max_order``; ``max_order = 0`` is plain reuse (FORA).
 
-This reproduces the published reference exactly, quirks included: every level divides by the *latest* spacing d even
-when the previous spacing differed, so the forecast is not Newton's interpolation formula and carries an O(d) bias on
-curved features (exact only for features linear in the step index). The time variable is the step index in sampling
-order (0 = first, noisiest step); a tree whose reference counts down gives identical arithmetic, because d and x change
-sign together.
+This reproduces the published reference's arithmetic, quirks included: every level divides by the *latest* spacing
+d even when the previous spacing differed, so the forecast is not Newton's interpolation formula and carries an O(d)
+bias on curved features (exact only for features linear in the step index). The time variable is the step index in
+sampling order (0 = first, noisiest step); a tree whose reference counts down gives identical arithmetic, because d
+and x change sign together.
+
+How it is computed (see :class:`TaylorCache`): the cache keeps each module's outputs at the last O+1 full steps and
+runs the recursion above on weight vectors, once per step, so that a full step does no tensor arithmetic and a
+forecast is one weighted sum of the kept outputs. The result is the reference's up to rounding.
 
 Beyond the paper (all off by default, so that the defaults reproduce the reference):
 
@@ -93,8 +97,9 @@ class TaylorSeerConfig:
     code, which forms derivatives only after step E - 2: with E=3 the feature of step 0 is discarded and the first
     derivative comes from steps 1 and 2 (reference-semantics §1.4); 2 reproduces that."""
     factor_dtype: torch.dtype | None = None
-    """dtype of the stored Taylor factors; None keeps the feature's dtype (what the reference does, bf16 included).
-    float32 makes the finite differences of bf16 models exact to fp32 rounding."""
+    """dtype the cache stores the recorded module outputs in; None keeps the module's dtype. bfloat16 or float16 halves
+    the cache of a float32 model at the cost of rounding each stored output; forecasts accumulate in float32 at least
+    whatever this is, so float32 storage gains a bf16 model nothing but memory."""
     forecaster: str = "taylor"
     """How the factors forecast: taylor (the paper's), newton or hermite (see the module docstring)."""
     hermite_scale: float = 0.5
