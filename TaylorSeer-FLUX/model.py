@@ -279,6 +279,9 @@ def _mlp(hidden_size: int, mlp_hidden_dim: int) -> nn.Sequential:
 class DoubleStreamBlock(nn.Module):
     """Separate weights for the image and text streams, one joint attention over [txt, img]."""
 
+    compile_regions = ("img_mod", "txt_mod", "joint_attention", "img_mlp", "txt_mlp")
+    """What common.compile.compile_blocks compiles: the per-step modulations and what the cache wraps."""
+
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, qkv_bias: bool = False) -> None:
         super().__init__()
         mlp_hidden_dim = int(hidden_size * mlp_ratio)
@@ -353,6 +356,9 @@ class DoubleStreamBlock(nn.Module):
 
 class SingleStreamBlock(nn.Module):
     """Parallel attention + MLP over the concatenated [txt, img] sequence, with fused input/output projections."""
+
+    compile_regions = ("modulation", "fused")
+    """What common.compile.compile_blocks compiles: the per-step modulation and what the cache wraps."""
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()

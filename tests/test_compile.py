@@ -67,3 +67,35 @@ def test_inductor_compiles_the_regions_to_eager_numbers() -> None:
 def test_a_block_without_regions_is_named() -> None:
     with pytest.raises(AttributeError, match="Linear names no compile_regions"):
         regions(torch.nn.Linear(2, 2))
+
+
+def test_flux_regions_compile_without_breaks_and_match_eager() -> None:
+    """FLUX's double blocks compile a method (the joint attention) besides submodules; a TaylorSeer run of the tiny
+    FLUX through the real Euler loop gives the eager latents, with no graph break."""
+    from flux_testing import tiny_flux
+
+    from taylorseer_flux.sampling import denoise, get_schedule, image_ids, text_ids
+
+    model = tiny_flux()
+    params = model.params
+    generator = torch.Generator().manual_seed(2)
+    img = torch.randn(1, 16, params.in_channels, generator=generator)
+    txt = torch.randn(1, 8, params.context_in_dim, generator=generator)
+    vec = torch.randn(1, params.vec_in_dim, generator=generator)
+    ids = (image_ids(1, 4, 4), text_ids(1, 8))
+    config = TaylorSeerConfig(interval=3, max_order=2, first_enhance=1)
+
+    def run() -> torch.Tensor:
+        timesteps = get_schedule(7, img.shape[1])
+        return denoise(model, img, ids[0], txt, ids[1], vec, timesteps, guidance=3.5, cache=TaylorCache(config))
+
+    with torch.no_grad():
+        eager = run()
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        blocks = [*model.double_blocks, *model.single_blocks]
+        compiled_regions = compile_blocks(blocks, backend="aot_eager")
+        assert compiled_regions == 5 * len(model.double_blocks) + 2 * len(model.single_blocks)
+        compiled = run()
+    assert sum(torch._dynamo.utils.counters["graph_break"].values()) == 0
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
