@@ -24,7 +24,7 @@ import torch
 
 from common.caching import CacheMethod
 from common.cli import HelpFormatter, finite_float, int_range, run_cli, taylorseer_config_from_args
-from common.compile import compile_blocks
+from common.compile import compile_blocks, compiled_weighted_sum
 from common.latency_benchmark import (
     GIB,
     add_latency_args,
@@ -167,7 +167,7 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
     )
     results = measure(
         run,
-        paper_variants(config),
+        paper_variants(config, compiled_weighted_sum if args.compile else None),
         num_steps=args.num_steps,
         device=device,
         repeats=args.repeats,

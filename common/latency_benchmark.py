@@ -35,7 +35,7 @@ from .cli import UsageError, add_taylorseer_args, check_output_folder, int_range
 from .io import atomic_write
 from .methods import fora_of
 from .report import markdown_table
-from .taylor_cache import TaylorCache, TaylorSeerConfig, full_step_indices
+from .taylor_cache import Combine, TaylorCache, TaylorSeerConfig, full_step_indices
 
 __all__ = [
     "RESULT_FILES",
@@ -60,18 +60,20 @@ GIB = 1024**3
 
 @dataclass(frozen=True)
 class Variant:
-    """One row: a name and its TaylorSeer config (None: full compute)."""
+    """One row: a name, its TaylorSeer config (None: full compute) and how its forecasts are formed."""
 
     name: str
     config: TaylorSeerConfig | None = None
+    combine: Combine | None = None
+    """None: the eager :func:`~common.taylor_cache.weighted_sum`; e.g. common.compile.compiled_weighted_sum."""
 
     def make_cache(self) -> CacheMethod:
-        return CacheMethod() if self.config is None else TaylorCache(self.config)
+        return CacheMethod() if self.config is None else TaylorCache(self.config, combine=self.combine)
 
 
-def paper_variants(config: TaylorSeerConfig) -> list[Variant]:
+def paper_variants(config: TaylorSeerConfig, combine: Combine | None = None) -> list[Variant]:
     """Full compute, FORA at TaylorSeer's schedule (order 0), and TaylorSeer itself."""
-    return [Variant("full"), Variant("FORA", fora_of(config)), Variant("TaylorSeer", config)]
+    return [Variant("full"), Variant("FORA", fora_of(config), combine), Variant("TaylorSeer", config, combine)]
 
 
 def synchronize(device: torch.device) -> None:
@@ -300,7 +302,9 @@ def add_latency_args(
         help="CPU only: retain = glibc keeps freed memory (see retain_freed_memory); default = glibc's defaults",
     )
     group.add_argument(
-        "--compile", action="store_true", help="torch.compile each block's regions (common.compile.compile_blocks)"
+        "--compile",
+        action="store_true",
+        help="torch.compile each block's regions and the forecasts (common.compile); compiled in the untimed runs",
     )
     group.add_argument("--results-dir", default=results_dir, help="where results.json/.md and step_times.png go")
 

@@ -71,6 +71,7 @@ __all__ = [
     "divided_difference_weights",
     "forecast_weights",
     "weighted_sum",
+    "Combine",
 ]
 
 FORECASTERS = ("taylor", "newton", "hermite")
@@ -393,6 +394,10 @@ def weighted_sum(features: Sequence[torch.Tensor], weights: Sequence[float], dty
     return out.to(dtype)
 
 
+Combine = Callable[[Sequence[torch.Tensor], Sequence[float], torch.dtype], torch.Tensor]
+"""How a forecast is formed from the kept outputs and their weights (see :func:`weighted_sum`)."""
+
+
 @dataclass
 class _Slot:
     """Forecast state of one cached module: its outputs at the last ``max_order + 1`` full steps (fewer until that
@@ -421,9 +426,12 @@ class TaylorCache(CacheMethod):
     cache takes over the outputs it records: they must not be modified in place afterwards.
     """
 
-    def __init__(self, config: TaylorSeerConfig) -> None:
+    def __init__(self, config: TaylorSeerConfig, combine: Combine | None = None) -> None:
+        """``combine(features, weights, dtype)`` forms each forecast: :func:`weighted_sum` by default, or a fused
+        equivalent such as :func:`common.compile.compiled_weighted_sum`."""
         super().__init__()
         self.config = config
+        self.combine = combine or weighted_sum
         self._slots: dict[Hashable, _Slot] = {}
 
     @torch.compiler.disable
@@ -490,7 +498,7 @@ class TaylorCache(CacheMethod):
                 "The first sampling step must be full (first_enhance >= 1) and the cache reset between runs"
             )
         weights = forecast_weights(tuple(slot.positions), step, self.config)
-        return weighted_sum(slot.features, weights, slot.feature_dtype)
+        return self.combine(slot.features, weights, slot.feature_dtype)
 
     def factors(self, key: Hashable) -> list[torch.Tensor]:
         """The current factors of ``key`` as tensors (float32 at least), for inspection: Newton's divided differences
