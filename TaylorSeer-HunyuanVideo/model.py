@@ -440,6 +440,9 @@ class SingleTokenRefiner(nn.Module):
 class MMDoubleStreamBlock(nn.Module):
     """Separate weights for the video and text streams, one joint attention over [img, txt] (SD3 / FLUX MM-DiT)."""
 
+    compile_regions = ("img_mod", "txt_mod", "attention", "img_mlp", "txt_mlp")
+    """What common.compile.compile_blocks compiles: the per-step modulations and what the cache wraps."""
+
     def __init__(self, hidden_size: int, heads_num: int, mlp_width_ratio: float, qkv_bias: bool) -> None:
         super().__init__()
         self.heads_num = heads_num
@@ -537,6 +540,9 @@ class MMDoubleStreamBlock(nn.Module):
 class MMSingleStreamBlock(nn.Module):
     """Parallel attention + MLP over the concatenated [img, txt] sequence with fused input/output projections
     (ViT-22B, arXiv 2302.05442); RoPE on the image tokens only."""
+
+    compile_regions = ("modulation", "fused")
+    """What common.compile.compile_blocks compiles: the per-step modulation and what the cache wraps."""
 
     def __init__(self, hidden_size: int, heads_num: int, mlp_width_ratio: float) -> None:
         super().__init__()

@@ -126,3 +126,31 @@ def test_compiled_forecast_is_the_weighted_sum_with_one_graph_per_term_count(dty
         torch.testing.assert_close(fused, eager, rtol=1e-6 if dtype == torch.float32 else 2**-7, atol=1e-6)
     # Forecasts from 2 kept outputs (after steps 0, 3) and from 3 (after 6, 9): two graphs for 6 forecast steps.
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+
+
+def test_hunyuanvideo_regions_compile_without_breaks_and_match_eager() -> None:
+    """HunyuanVideo: the double blocks' joint attention is a method, the single blocks' fused body too; a TaylorSeer
+    run of the tiny model (padded text, so the mask path runs) gives the eager outputs, with no graph break."""
+    from test_hunyuanvideo_model import step_inputs, tiny_model
+
+    model = tiny_model()
+    config = TaylorSeerConfig(interval=3, max_order=1, first_enhance=1)
+
+    def run() -> list[torch.Tensor]:
+        cache = TaylorCache(config)
+        cache.reset(5)
+        outputs = []
+        for step in range(5):
+            cache.begin_step(step)
+            outputs.append(model(**step_inputs(step), cache=cache))
+        return outputs
+
+    with torch.no_grad():
+        eager = run()
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        compile_blocks([*model.double_blocks, *model.single_blocks], backend="aot_eager")
+        compiled = run()
+    assert sum(torch._dynamo.utils.counters["graph_break"].values()) == 0
+    for got, want in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
