@@ -79,3 +79,13 @@ def test_bad_input(tmp_path, capsys) -> None:
     assert_refused(benchmark_latency.cli, [*ARGS, "--interval", "1"], "full compute", capsys, watch=tmp_path)
     assert_refused(benchmark_latency.cli, [*ARGS, "--repeats", "0"], "--repeats", capsys, watch=tmp_path)
     assert_refused(benchmark_latency.cli, [*ARGS, "--device", "cuda:7"], "--device", capsys, watch=tmp_path)
+
+
+def test_compiled_run_keeps_the_bookkeeping(tmp_path) -> None:
+    """--compile (regions and forecasts compiled in the untimed first runs) changes no step, schedule or byte."""
+    saved = benchmark_latency.cli([*ARGS, "--compile", "--repeats", "1", "--results-dir", str(tmp_path)])
+    rows = {row["name"]: row for row in saved["results"]}
+    one_output = 2 * TOKENS * WIDTH * 4
+    assert saved["settings"]["compile"] is True
+    assert rows["TaylorSeer"]["full_steps"] == [0, 3, 6]
+    assert rows["TaylorSeer"]["cache_bytes"] == 3 * DEPTH * 2 * one_output

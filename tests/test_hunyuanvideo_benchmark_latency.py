@@ -136,7 +136,6 @@ def test_full_size_count_matches_reference_semantics(order: int, doc_gb: float) 
         (["--double-blocks", "0"], "--double-blocks"),
         (["--single-blocks", "3"], "--single-blocks 3: the preset HYVideo-tiny has 2"),
         (["--video-length", "6"], "4k + 1 frames"),
-        (["--compile"], "--compile"),
     ],
 )
 def test_bad_input_is_one_error_line(extra, message, tmp_path, capsys) -> None:
