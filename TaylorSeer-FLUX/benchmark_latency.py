@@ -44,6 +44,7 @@ from common.cli import (
     run_cli,
     taylorseer_config_from_args,
 )
+from common.compile import compile_blocks, compiled_weighted_sum
 from common.io import atomic_write
 from common.latency_benchmark import (
     add_latency_args,
@@ -74,10 +75,6 @@ GB = 1e9  # reference-semantics §8 counts decimal GB
 # attention it keeps for ToCa (included in both), which this cache does not hold.
 REFERENCE_GB = {1: 5.38, 2: 7.53}
 REFERENCE_TOCA_ATTENTION_GB = 1.08
-COMPILE_REFUSED = (
-    "--compile: the FLUX blocks name no compile_regions yet (taylorseer_flux/model.py), so common.compile cannot "
-    "compile them: run without --compile"
-)
 
 
 @dataclass(frozen=True)
@@ -431,8 +428,6 @@ def settings_record(args: argparse.Namespace) -> dict:
 def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
     if args.cache_size_only:
         return size_only(args, config)
-    if args.compile:
-        raise UsageError(COMPILE_REFUSED)
     applied = prepare_run(args)
     device = args.device
     workload, defaults = workload_from_args(args, device.type == "cuda")
@@ -441,14 +436,21 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
         where = "CUDA" if device.type == "cuda" else "CPU (a slice at a small size: about 5 minutes on 2 cores)"
         print(f"defaults for {where}: {' '.join(defaults)}")
     model = random_flux(workload.params, workload.dtype, device, args.seed)
+    if args.compile:
+        compile_blocks([*model.double_blocks, *model.single_blocks])  # compiled during each row's untimed first run
     run = flux_loop(model, workload, args.num_steps, args.guidance, device, args.seed)
     stages = {"VAE decode": vae_stage(FLUX_AE_CONFIG, workload, device, args.seed)} if device.type == "cuda" else {}
     lines = describe(args, workload, device, applied)
     print("\n".join(lines))
     results = measure(
-        run, paper_variants(config), num_steps=args.num_steps, device=device, repeats=args.repeats, stages=stages,
+        run,
+        paper_variants(config, compiled_weighted_sum if args.compile else None),
+        num_steps=args.num_steps,
+        device=device,
+        repeats=args.repeats,
+        stages=stages,
         progress=print,
-    )  # fmt: skip
+    )
     print(results_markdown(results))
     sizing = cache_sizes(args.paper_preset, paper_workload(args.paper_preset), args.num_steps, config)
     lines.append(sizing_line(sizing, config) + "\n\n" + sizing_markdown(sizing))

@@ -152,7 +152,6 @@ def test_bad_input(tmp_path, capsys, monkeypatch) -> None:
     assert_refused(cli, [*ARGS, *out, "--double-blocks", "2"], "has 1", capsys, watch=tmp_path)
     assert_refused(cli, [*ARGS, *out, "--height", "8"], "--height", capsys, watch=tmp_path)
     assert_refused(cli, [*ARGS, *out, "--interval", "1"], "full compute", capsys, watch=tmp_path)
-    assert_refused(cli, [*ARGS, *out, "--compile"], "compile_regions", capsys, watch=tmp_path)
     assert_refused(cli, [*ARGS, *out, "--device", "cuda:7"], "--device", capsys, watch=tmp_path)
     monkeypatch.setattr(benchmark_latency, "available_memory", lambda device: 1000)
     assert_refused(cli, [*ARGS, *out], "fewer --double-blocks", capsys, watch=tmp_path)
