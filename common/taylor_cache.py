@@ -71,7 +71,6 @@ __all__ = [
     "divided_difference_weights",
     "forecast_weights",
     "weighted_sum",
-    "weights_tensor",
     "Combine",
 ]
 
@@ -399,87 +398,19 @@ Combine = Callable[[Sequence[torch.Tensor], Sequence[float], torch.dtype], torch
 """How a forecast is formed from the kept outputs and their weights (see :func:`weighted_sum`)."""
 
 
-@functools.lru_cache(maxsize=1024)
-def weights_tensor(weights: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``weights`` as a 1-D tensor, made once per (weights, dtype, device): a forecast step does not copy them to the
-    device once per module."""
-    return torch.tensor(weights, dtype=dtype, device=device)
-
-
-RING_DTYPES = (torch.float32, torch.float64)
-"""Storage dtypes whose kept outputs go into one contiguous ring, forecast by one matmul (see :class:`_Slot`)."""
-
-
 @dataclass
 class _Slot:
     """Forecast state of one cached module: its outputs at the last ``max_order + 1`` full steps (fewer until that
-    many ran) and the full steps they come from, newest first.
+    many ran), newest first, and the full steps they come from."""
 
-    Orders >= 1 kept in float32/float64 live in one contiguous ``ring`` of ``max_order + 1`` rows, written in turn:
-    a forecast is then one matrix-vector product over the rows, which reads every kept output once (a weighted sum
-    of separate tensors reads its partial sum again for every term). Each full step copies the module's output into
-    its row. Plain reuse (order 0) and 16-bit storage keep the outputs as a list: reuse needs no arithmetic, and a
-    16-bit matmul would round the weights."""
-
+    features: list[torch.Tensor]
     positions: list[int]
     feature_dtype: torch.dtype
-    """dtype the module produced, restored on forecasts when the outputs are kept in another dtype."""
-    kept: list[torch.Tensor] | None = None
-    ring: torch.Tensor | None = None
-    written: int = 0
-    """Outputs written into the ring; the newest is row ``(written - 1) % rows``."""
-
-    @classmethod
-    def start(cls, stored: torch.Tensor, step: int, feature_dtype: torch.dtype, max_order: int) -> _Slot:
-        if max_order == 0 or stored.dtype not in RING_DTYPES:
-            return cls([step], feature_dtype, kept=[stored])
-        ring = torch.empty((max_order + 1, *stored.shape), dtype=stored.dtype, device=stored.device)
-        ring[0].copy_(stored)
-        return cls([step], feature_dtype, ring=ring, written=1)
-
-    def record(self, stored: torch.Tensor, step: int, max_order: int) -> None:
-        """Keep ``stored`` as the newest output, dropping the one no forecast reads any more."""
-        self.positions = [step, *self.positions[:max_order]]
-        if self.ring is None:
-            self.kept = [stored, *self.kept[:max_order]]
-            return
-        if stored.shape != self.ring.shape[1:]:
-            raise RuntimeError(
-                f"a cached module's output changed shape from {tuple(self.ring.shape[1:])} to {tuple(stored.shape)} "
-                "within a run: call cache.reset() before a run with other shapes"
-            )
-        self.ring[self.written % len(self.ring)].copy_(stored)
-        self.written += 1
+    """dtype the module produced, restored on forecasts when the features are kept in another dtype."""
 
     @property
     def last_full_step(self) -> int:
         return self.positions[0]
-
-    @property
-    def features(self) -> list[torch.Tensor]:
-        """The kept outputs, newest first (views of the ring's rows when there is one)."""
-        if self.ring is None:
-            return self.kept
-        return [self.ring[(self.written - 1 - j) % len(self.ring)] for j in range(len(self.positions))]
-
-    def held(self) -> list[torch.Tensor]:
-        return self.kept if self.ring is None else [self.ring]
-
-    def ring_forecast(self, weights: Sequence[float]) -> torch.Tensor:
-        """sum_j weights[j] * (j-th newest output) as one matrix-vector product over the filled rows."""
-        filled = min(self.written, len(self.ring))
-        by_row = [0.0] * filled
-        for j, weight in enumerate(weights):
-            by_row[(self.written - 1 - j) % len(self.ring)] = weight
-        vector = weights_tensor(tuple(by_row), self.ring.dtype, self.ring.device)
-        rows = self.ring[:filled].reshape(filled, -1)
-        return (vector @ rows).reshape(self.ring.shape[1:]).to(self.feature_dtype)
-
-
-def _shares_storage(tensor: torch.Tensor, other: torch.Tensor) -> bool:
-    if tensor.device.type == "meta":
-        return tensor.untyped_storage() is other.untyped_storage()
-    return tensor.untyped_storage().data_ptr() == other.untyped_storage().data_ptr()
 
 
 class TaylorCache(CacheMethod):
@@ -496,11 +427,11 @@ class TaylorCache(CacheMethod):
     """
 
     def __init__(self, config: TaylorSeerConfig, combine: Combine | None = None) -> None:
-        """``combine(features, weights, dtype)`` forms each forecast, e.g. :func:`common.compile.compiled_weighted_sum`;
-        None: one matmul over a module's ring of kept outputs, or :func:`weighted_sum` where it keeps a list."""
+        """``combine(features, weights, dtype)`` forms each forecast: :func:`weighted_sum` by default, or a fused
+        equivalent such as :func:`common.compile.compiled_weighted_sum`."""
         super().__init__()
         self.config = config
-        self.combine = combine
+        self.combine = combine or weighted_sum
         self._slots: dict[Hashable, _Slot] = {}
 
     @torch.compiler.disable
@@ -544,7 +475,7 @@ class TaylorCache(CacheMethod):
             stored = stored.to(self.config.factor_dtype)
         slot = self._slots.get(key)
         if slot is None or step < self.config.derivative_start_step:
-            self._slots[key] = _Slot.start(stored, step, feature.dtype, self.config.max_order)
+            self._slots[key] = _Slot([stored], [step], feature.dtype)
             return
         if slot.last_full_step == step:
             raise RuntimeError(
@@ -552,7 +483,9 @@ class TaylorCache(CacheMethod):
                 "Call cache.begin_step() once per sampler step (batch CFG, or give each separately-run branch "
                 "its own TaylorCache)"
             )
-        slot.record(stored, step, self.config.max_order)  # the order grows by one per full step, up to max_order
+        keep = self.config.max_order  # the order grows by one per full step, up to max_order
+        slot.features = [stored, *slot.features[:keep]]
+        slot.positions = [step, *slot.positions[:keep]]
 
     @torch.compiler.disable
     def predict(self, key: Hashable) -> torch.Tensor:
@@ -565,14 +498,7 @@ class TaylorCache(CacheMethod):
                 "The first sampling step must be full (first_enhance >= 1) and the cache reset between runs"
             )
         weights = forecast_weights(tuple(slot.positions), step, self.config)
-        if slot.ring is None:
-            return (self.combine or weighted_sum)(slot.features, weights, slot.feature_dtype)
-        if self.combine is None:
-            return slot.ring_forecast(weights)
-        forecast = self.combine(slot.features, weights, slot.feature_dtype)
-        # A combine may return a kept output itself (a lone weight of 1): never a ring row, which the next full step
-        # overwrites under whoever still holds the forecast.
-        return forecast.clone() if _shares_storage(forecast, slot.ring) else forecast
+        return self.combine(slot.features, weights, slot.feature_dtype)
 
     def factors(self, key: Hashable) -> list[torch.Tensor]:
         """The current factors of ``key`` as tensors (float32 at least), for inspection: Newton's divided differences
@@ -588,7 +514,7 @@ class TaylorCache(CacheMethod):
 
     def held_tensors(self) -> list[torch.Tensor]:
         """Every tensor the cache holds (the recorded outputs), e.g. to count its memory."""
-        return [tensor for slot in self._slots.values() for tensor in slot.held()]
+        return [feature for slot in self._slots.values() for feature in slot.features]
 
     def order(self, key: Hashable) -> int:
         """Highest Taylor order currently available for ``key`` (-1 if never computed)."""

@@ -60,8 +60,7 @@ def test_cache_bytes_are_the_held_outputs_and_nothing_else(record) -> None:
     one_set = output_set_bytes(BATCH, IMAGE_TOKENS, TEXT_TOKENS, 4)  # float32 on CPU
     assert one_set == 2 * 64 * 4 * (2 * 32 + 32)
     assert rows["FORA"]["cache_bytes"] == one_set and rows["FORA"]["cache_tensors"] == 5
-    # TaylorSeer (float32, O >= 1) keeps each module's outputs in one ring of O + 1 rows: 5 tensors, 3 sets.
-    assert rows["TaylorSeer"]["cache_bytes"] == 3 * one_set and rows["TaylorSeer"]["cache_tensors"] == 5
+    assert rows["TaylorSeer"]["cache_bytes"] == 3 * one_set and rows["TaylorSeer"]["cache_tensors"] == 15
     assert rows["TaylorSeer"]["cache_bytes"] == (CONFIG.max_order + 1) * rows["FORA"]["cache_bytes"]
     for row in rows.values():
         assert row["cache_storage_bytes"] == row["cache_bytes"]  # no view of a larger buffer kept alive
@@ -81,8 +80,7 @@ def test_paper_size_sizing_in_the_record(record) -> None:
 
 
 def test_meta_sizing_keeps_fewer_outputs_when_fewer_full_steps_form_derivatives() -> None:
-    """Full steps 0, 3, 6 with derivatives from step 4: step 3 starts over, so even O=2 keeps 2 outputs; its ring
-    still reserves O + 1 = 3 rows per module (float32), O=1's 2."""
+    """Full steps 0, 3, 6 with derivatives from step 4: step 3 starts over, so even O=2 keeps 2 outputs."""
     config = TaylorSeerConfig(interval=3, max_order=2, first_enhance=1, derivative_start_step=4)
     workload = benchmark_latency.Workload(FLUX_PRESETS["flux-tiny"], 2, 64, 96, 8, torch.float32)
     sizing = benchmark_latency.cache_sizes("flux-tiny", workload, 8, config)
@@ -91,7 +89,7 @@ def test_meta_sizing_keeps_fewer_outputs_when_fewer_full_steps_form_derivatives(
     assert [sizing[k]["cache_bytes"] for k in ("FORA", "TaylorSeer O=1", "TaylorSeer O=2")] == [
         one_set,
         2 * one_set,
-        3 * one_set,
+        2 * one_set,
     ]
 
 

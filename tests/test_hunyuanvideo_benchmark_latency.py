@@ -67,8 +67,7 @@ def test_cache_bytes_are_the_held_outputs_and_nothing_else(record) -> None:
     assert rows["FORA"]["cache_bytes"] == one
     assert rows["TaylorSeer"]["cache_bytes"] == (ORDER + 1) * one  # 3 full steps ran: O + 1 outputs kept
     assert rows["TaylorSeer"]["cache_bytes"] == (ORDER + 1) * rows["FORA"]["cache_bytes"]
-    # float32, O >= 1: one ring of O + 1 rows per cached module.
-    assert rows["TaylorSeer"]["cache_tensors"] == 4 * DOUBLE + SINGLE == 9
+    assert rows["TaylorSeer"]["cache_tensors"] == (ORDER + 1) * (4 * DOUBLE + SINGLE) == 27
 
 
 def test_settings_say_which_model_ran(record) -> None:

@@ -54,8 +54,7 @@ def test_rows_record_their_schedules_steps_and_cache_bytes() -> None:
     assert taylorseer.step_ratio == pytest.approx(2.5)
     # Bytes: 2 modules x 64 float32 elements; FORA keeps 1 output each, TaylorSeer O + 1 = 3; full compute none.
     assert (full.cache_bytes, fora.cache_bytes, taylorseer.cache_bytes) == (0, 2 * 64 * 4, 3 * 2 * 64 * 4)
-    # FORA keeps a list of one output per module; TaylorSeer one ring of O + 1 rows per module.
-    assert (fora.cache_tensors, taylorseer.cache_tensors) == (2, 2)
+    assert (fora.cache_tensors, taylorseer.cache_tensors) == (2, 6)
     assert taylorseer.cache_storage_bytes == taylorseer.cache_bytes
     assert calls == [1, 1] and set(full.stage_seconds) == {"decode"}
     assert taylorseer.end_to_end_seconds == pytest.approx(taylorseer.loop_seconds + full.stage_seconds["decode"])
@@ -83,7 +82,7 @@ def test_footprint_on_the_meta_device_allocates_nothing_and_counts_every_byte() 
 
     footprint = cache_footprint(run, CONFIG)
     assert footprint == {"cache_bytes": 3 * 16 * 4096 * 3072 * 4, "cache_storage_bytes": 3 * 16 * 4096 * 3072 * 4,
-                         "cache_tensors": 1}  # fmt: skip
+                         "cache_tensors": 3}  # fmt: skip
 
 
 def test_a_run_that_does_not_announce_its_steps_is_refused() -> None:
