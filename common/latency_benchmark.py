@@ -49,6 +49,9 @@ __all__ = [
     "held_bytes",
     "measure",
     "paper_variants",
+    "per_step_speedup",
+    "pooled_full_step_seconds",
+    "load_results",
     "results_markdown",
     "retain_freed_memory",
     "write_results",
@@ -327,16 +330,43 @@ def _ms(seconds: float | None) -> str:
     return "—" if seconds is None else f"{seconds * 1e3:.1f}"
 
 
+def pooled_full_step_seconds(results: Sequence[VariantResult]) -> float:
+    """The median full step over every row's full steps: every row runs the same work at a full step (the cache's
+    bookkeeping adds no tensor arithmetic there), so pooling them takes out the drift of a busy machine between
+    rows."""
+    return statistics.median(t for r in results for t, f in zip(r.step_seconds, _full_flags(r), strict=True) if f)
+
+
+def _full_flags(result: VariantResult) -> list[bool]:
+    full = set(result.full_steps)
+    return [step in full for step in range(result.num_steps)]
+
+
+def per_step_speedup(result: VariantResult, full_step: float) -> float:
+    """T full steps over the row's schedule, from per-step medians: T * full / (#full * full + #forecast * forecast).
+    Less noisy than the ratio of loop times, whose full steps (most of the time) swing with the machine."""
+    forecasts = result.num_steps - len(result.full_steps)
+    forecast = result.forecast_step_seconds or 0.0
+    return result.num_steps * full_step / (len(result.full_steps) * full_step + forecasts * forecast)
+
+
 def results_markdown(results: Sequence[VariantResult]) -> str:
-    """The table: per-step times, the forecast step as a share of a full step, loop time and speedups, memory."""
+    """The table: per-step times, the forecast step as a share of a full step, loop time and speedups (from the loop
+    times, and from the per-step medians with a pooled full step), memory."""
     full = next((r for r in results if r.config is None), results[0])
     fora = next((r for r in results if r.name == "FORA"), None)
+    pooled = pooled_full_step_seconds(results)
     header = ["method", "full steps", "ms / full step", "ms / forecast step", "forecast / full", "loop s",
-              "speedup", "T / #full", "realized / ideal", "vs FORA", "cache GiB", "peak GiB"]  # fmt: skip
+              "speedup", "T / #full", "realized / ideal", "vs FORA", "per-step speedup", "per-step vs FORA",
+              "cache GiB", "peak GiB"]  # fmt: skip
     rows = []
     for r in results:
         speedup = full.loop_seconds / r.loop_seconds
         vs_fora = "—" if fora is None or r is fora or r.config is None else f"{fora.loop_seconds / r.loop_seconds:.3f}"
+        per_step = per_step_speedup(r, pooled)
+        per_step_vs_fora = (
+            "—" if fora is None or r is fora or r.config is None else f"{per_step / per_step_speedup(fora, pooled):.3f}"
+        )
         rows.append([
             r.name,
             f"{len(r.full_steps)}/{r.num_steps}",
@@ -348,6 +378,8 @@ def results_markdown(results: Sequence[VariantResult]) -> str:
             f"{r.step_ratio:.2f}x",
             f"{speedup / r.step_ratio:.3f}",
             vs_fora,
+            f"{per_step:.2f}x",
+            per_step_vs_fora,
             f"{r.cache_bytes / GIB:.3f}",
             "—" if r.peak_memory_bytes is None else f"{r.peak_memory_bytes / GIB:.2f}",
         ])  # fmt: skip
@@ -358,6 +390,13 @@ def results_markdown(results: Sequence[VariantResult]) -> str:
         ends = ", ".join(f"{r.name} {r.end_to_end_seconds:.3f} s" for r in results)
         table += f"\n\nOutside the loop (the same for every method): {parts}. End to end: {ends}."
     return table
+
+
+def load_results(path: Path) -> list[VariantResult]:
+    """The rows of a ``results.json`` (e.g. to re-render its table)."""
+    fields = {f.name for f in VariantResult.__dataclass_fields__.values()}
+    rows = json.loads(Path(path).read_text(encoding="utf-8"))["results"]
+    return [VariantResult(**{k: v for k, v in row.items() if k in fields}) for row in rows]
 
 
 def plot_step_times(results: Sequence[VariantResult], path: Path, title: str) -> None:

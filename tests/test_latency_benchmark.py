@@ -13,11 +13,16 @@ from common.caching import CacheMethod, cached, cached_group
 from common.latency_benchmark import (
     RESULT_FILES,
     StepClock,
+    VariantResult,
     cache_footprint,
     cache_storage_bytes,
     held_bytes,
+    load_results,
     measure,
     paper_variants,
+    per_step_speedup,
+    pooled_full_step_seconds,
+    results_markdown,
     write_results,
 )
 from common.taylor_cache import TaylorCache, TaylorSeerConfig, full_step_indices
@@ -111,3 +116,28 @@ def test_files_hold_the_table_and_every_figure(tmp_path) -> None:
     assert rows["TaylorSeer"]["full_steps"] == [0, 3, 6, 9] and rows["TaylorSeer"]["cache_bytes"] == 3 * 16 * 4
     markdown = (tmp_path / "results.md").read_text()
     assert markdown.startswith("# toy\n\na line\n") and "| TaylorSeer | 4/10 |" in markdown
+
+
+def _row(name: str, full_steps: list[int], full: float, forecast: float) -> VariantResult:
+    steps = [full if step in full_steps else forecast for step in range(10)]
+    return VariantResult(name, None if name == "full" else {}, 10, full_steps, sum(steps), full,
+                         None if len(full_steps) == 10 else forecast, steps, 0, 0, 0, None)  # fmt: skip
+
+
+def test_per_step_speedup_uses_the_pooled_full_step() -> None:
+    """Full steps: 10 of 1.0 s (full compute) and 4 + 4 of 1.2 s (FORA, TaylorSeer): the pooled median is 1.0; with
+    forecasts of 0.1 and 0.2 s the per-step speedups are 10 / (4 + 6 * 0.1) and 10 / (4 + 6 * 0.2)."""
+    results = [_row("full", list(range(10)), 1.0, 0.0), _row("FORA", [0, 3, 6, 9], 1.2, 0.1),
+               _row("TaylorSeer", [0, 3, 6, 9], 1.2, 0.2)]  # fmt: skip
+    pooled = pooled_full_step_seconds(results)
+    assert pooled == 1.0
+    assert [per_step_speedup(r, pooled) for r in results] == pytest.approx([1.0, 10 / 4.6, 10 / 5.2])
+    table = results_markdown(results)
+    assert f"| {10 / 5.2:.2f}x | {4.6 / 5.2:.3f} |" in table
+
+
+def test_results_round_trip_through_the_json(tmp_path) -> None:
+    results = measure(toy_run({"m": (2, 3)}), paper_variants(CONFIG), num_steps=STEPS, device=torch.device("cpu"),
+                      repeats=1, stages={"decode": lambda: None})  # fmt: skip
+    write_results(tmp_path, results, title="t", settings={})
+    assert load_results(tmp_path / "results.json") == results
