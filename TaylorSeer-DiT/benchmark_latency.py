@@ -23,16 +23,14 @@ from collections.abc import Sequence
 import torch
 
 from common.caching import CacheMethod
-from common.cli import HelpFormatter, finite_float, int_range, run_cli, taylorseer_config_from_args
-from common.compile import compile_blocks, compiled_weighted_sum
+from common.cli import HelpFormatter, finite_float, int_range, run_cli
 from common.latency_benchmark import (
     GIB,
     add_latency_args,
     cache_footprint,
-    measure,
-    paper_variants,
+    config_from_args,
+    measure_paper_rows,
     prepare_run,
-    results_markdown,
     write_results,
 )
 from common.methods import fora_of
@@ -141,8 +139,6 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
     images = args.images or (CUDA_IMAGES if cuda else CPU_IMAGES)
     dtype = {"auto": torch.bfloat16 if cuda else torch.float32}.get(args.dtype) or getattr(torch, args.dtype)
     model = random_dit(name, args.image_size, args.seed, device)
-    if args.compile:
-        compile_blocks(model.blocks)  # compiled during each row's untimed first run
     diffusion = create_diffusion(f"ddim{args.num_steps}")
     labels = torch.randint(0, model.y_embedder.num_classes, (images,), generator=torch.Generator().manual_seed(1))
     latents = {}
@@ -165,16 +161,7 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
         f"{applied['threads']} threads, malloc {applied['malloc']}{', compiled' if args.compile else ''}; "
         f"{args.repeats} interleaved repeats (minimum kept)"
     )
-    results = measure(
-        run,
-        paper_variants(config, compiled_weighted_sum if args.compile else None),
-        num_steps=args.num_steps,
-        device=device,
-        repeats=args.repeats,
-        stages=stages,
-        progress=print,
-    )
-    print(results_markdown(results))
+    results = measure_paper_rows(run, config, args, blocks=model.blocks, stages=stages)
     sizing = paper_cache_bytes(args.paper_model, 256, CUDA_IMAGES, args.cfg_scale, args.num_steps, config)
     sizing_line = (
         f"Paper-size cache ({sizing['model']} 256², {sizing['images']} images + CFG, float32, sized on the meta "
@@ -203,10 +190,7 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
 def cli(argv: Sequence[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    config = taylorseer_config_from_args(args, parser)
-    if config.is_uncached:
-        parser.error("--interval 1 is full compute, which the benchmark always runs: give the schedule to compare")
-    return run_cli(main, args, config)
+    return run_cli(main, args, config_from_args(args, parser))
 
 
 if __name__ == "__main__":

@@ -38,21 +38,17 @@ from common.cli import (
     HelpFormatter,
     UsageError,
     check_output_folder,
-    check_schedule_flags,
     finite_float,
     int_range,
     run_cli,
-    taylorseer_config_from_args,
 )
-from common.compile import compile_blocks, compiled_weighted_sum
 from common.io import atomic_write
 from common.latency_benchmark import (
     add_latency_args,
     cache_footprint,
-    measure,
-    paper_variants,
+    config_from_args,
+    measure_paper_rows,
     prepare_run,
-    results_markdown,
     write_results,
 )
 from common.methods import fora_of
@@ -436,22 +432,12 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
         where = "CUDA" if device.type == "cuda" else "CPU (a slice at a small size: about 5 minutes on 2 cores)"
         print(f"defaults for {where}: {' '.join(defaults)}")
     model = random_flux(workload.params, workload.dtype, device, args.seed)
-    if args.compile:
-        compile_blocks([*model.double_blocks, *model.single_blocks])  # compiled during each row's untimed first run
     run = flux_loop(model, workload, args.num_steps, args.guidance, device, args.seed)
     stages = {"VAE decode": vae_stage(FLUX_AE_CONFIG, workload, device, args.seed)} if device.type == "cuda" else {}
     lines = describe(args, workload, device, applied)
     print("\n".join(lines))
-    results = measure(
-        run,
-        paper_variants(config, compiled_weighted_sum if args.compile else None),
-        num_steps=args.num_steps,
-        device=device,
-        repeats=args.repeats,
-        stages=stages,
-        progress=print,
-    )
-    print(results_markdown(results))
+    blocks = [*model.double_blocks, *model.single_blocks]
+    results = measure_paper_rows(run, config, args, blocks=blocks, stages=stages)
     sizing = cache_sizes(args.paper_preset, paper_workload(args.paper_preset), args.num_steps, config)
     lines.append(sizing_line(sizing, config) + "\n\n" + sizing_markdown(sizing))
     print(lines[-1])
@@ -470,11 +456,7 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
 def cli(argv: Sequence[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    config = taylorseer_config_from_args(args, parser)
-    if config.is_uncached:
-        parser.error("--interval 1 is full compute, which the benchmark always runs: give the schedule to compare")
-    check_schedule_flags(config, args.num_steps, parser)
-    return run_cli(main, args, config)
+    return run_cli(main, args, config_from_args(args, parser))
 
 
 if __name__ == "__main__":

@@ -40,17 +40,15 @@ import torch
 from torch import nn
 
 from common.caching import CacheMethod
-from common.cli import HelpFormatter, UsageError, int_range, run_cli, taylorseer_config_from_args
-from common.compile import compile_blocks, compiled_weighted_sum
+from common.cli import HelpFormatter, UsageError, int_range, run_cli
 from common.io import atomic_write
 from common.latency_benchmark import (
     GIB,
     add_latency_args,
     cache_footprint,
-    measure,
-    paper_variants,
+    config_from_args,
+    measure_paper_rows,
     prepare_run,
-    results_markdown,
     write_results,
 )
 from common.methods import fora_of
@@ -418,8 +416,6 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
     dtype = resolve_dtype(args.dtype, device)
     decode = cuda if args.decode is None else args.decode
     model = random_hunyuan_video(params, args.seed, device, dtype)
-    if args.compile:
-        compile_blocks([*model.double_blocks, *model.single_blocks])  # compiled during each row's untimed first run
     vae = random_vae(args.seed, device, torch.float16 if cuda else torch.float32) if decode else nn.Identity()
     pipe = BenchmarkPipeline(model, vae, device)
     latents, text = random_inputs(params, size, args.seed + 1, device, dtype)
@@ -434,16 +430,8 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
         f"{', compiled' if args.compile else ''}; "
         f"{args.num_steps} steps, {args.repeats} interleaved repeats (minimum kept)"
     )
-    results = measure(
-        run,
-        paper_variants(config, compiled_weighted_sum if args.compile else None),
-        num_steps=args.num_steps,
-        device=device,
-        repeats=args.repeats,
-        stages=stages,
-        progress=print,
-    )
-    print(results_markdown(results))
+    blocks = [*model.double_blocks, *model.single_blocks]
+    results = measure_paper_rows(run, config, args, blocks=blocks, stages=stages)
     sizing = paper_cache_bytes(args.preset, args.num_steps, config)
     for line in sizing_lines(sizing):
         print(line)
@@ -472,10 +460,7 @@ def main(args: argparse.Namespace, config: TaylorSeerConfig) -> dict:
 def cli(argv: Sequence[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    config = taylorseer_config_from_args(args, parser)
-    if config.is_uncached:
-        parser.error("--interval 1 is full compute, which the benchmark always runs: give the schedule to compare")
-    return run_cli(main, args, config)
+    return run_cli(main, args, config_from_args(args, parser))
 
 
 if __name__ == "__main__":

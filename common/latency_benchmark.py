@@ -31,7 +31,16 @@ from pathlib import Path
 import torch
 
 from .caching import CacheMethod
-from .cli import UsageError, add_taylorseer_args, check_output_folder, int_range, parse_device
+from .cli import (
+    UsageError,
+    add_taylorseer_args,
+    check_output_folder,
+    check_schedule_flags,
+    int_range,
+    parse_device,
+    taylorseer_config_from_args,
+)
+from .compile import compile_blocks, compiled_weighted_sum
 from .io import atomic_write
 from .methods import fora_of
 from .report import markdown_table
@@ -43,6 +52,8 @@ __all__ = [
     "VariantResult",
     "StepClock",
     "add_latency_args",
+    "config_from_args",
+    "measure_paper_rows",
     "cache_footprint",
     "prepare_run",
     "cache_storage_bytes",
@@ -257,6 +268,43 @@ def _config_record(config: TaylorSeerConfig) -> dict:
     record = asdict(config)
     record["factor_dtype"] = None if config.factor_dtype is None else str(config.factor_dtype).removeprefix("torch.")
     return record
+
+
+def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TaylorSeerConfig:
+    """The TaylorSeer config of the parsed flags, refusing full compute (every benchmark runs it anyway) and a
+    schedule whose label would lie for --num-steps (through ``parser.error``)."""
+    config = taylorseer_config_from_args(args, parser)
+    if config.is_uncached:
+        parser.error("--interval 1 is full compute, which the benchmark always runs: give the schedule to compare")
+    check_schedule_flags(config, args.num_steps, parser)
+    return config
+
+
+def measure_paper_rows(
+    run: Callable[[CacheMethod], object],
+    config: TaylorSeerConfig,
+    args: argparse.Namespace,
+    *,
+    blocks: Sequence[torch.nn.Module],
+    stages: Mapping[str, Callable[[], object]] | None = None,
+) -> list[VariantResult]:
+    """Full compute, FORA and TaylorSeer of ``config`` measured as the flags say (``--compile`` compiles ``blocks``'
+    regions and the forecasts first; they compile during each row's untimed run), the table printed."""
+    combine = None
+    if args.compile:
+        compile_blocks(blocks)
+        combine = compiled_weighted_sum
+    results = measure(
+        run,
+        paper_variants(config, combine),
+        num_steps=args.num_steps,
+        device=args.device,
+        repeats=args.repeats,
+        stages=stages,
+        progress=print,
+    )
+    print(results_markdown(results))
+    return results
 
 
 def retain_freed_memory() -> bool:
