@@ -387,8 +387,10 @@ def weighted_sum(features: Sequence[torch.Tensor], weights: Sequence[float], dty
     first = features[0]
     if len(features) == 1 and weights[0] == 1.0:
         return first.to(dtype)
-    accumulate = first.dtype if first.dtype.itemsize >= 4 else torch.float32
-    out = torch.mul(first.to(accumulate), weights[0])
+    if first.dtype.itemsize >= 4:
+        out = torch.mul(first, weights[0])
+    else:  # one float32 copy, scaled in place: no second buffer for the 16-bit storage
+        out = first.to(torch.float32).mul_(weights[0])
     for feature, weight in zip(features[1:], weights[1:], strict=True):
         out.add_(feature, alpha=weight)
     return out.to(dtype)
